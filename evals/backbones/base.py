@@ -1,0 +1,97 @@
+"""The one interface every evaluated backbone implements, and the registry of backbones.
+
+A backbone knows its own preprocessing and returns patch tokens on a grid plus a global
+vector. Protocols (linear probe, segmentation, detection) only ever see this interface,
+so a new backbone is one file that calls :func:`register_backbone`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+
+@dataclass
+class BackboneSpec:
+    """What the user asked for: a registered name plus where its weights come from."""
+
+    name: str  # registry key, e.g. 'tcjepa', 'ijepa', 'dinov2', 'siglip2'
+    weights: Optional[str] = None  # local file/folder or hub id (loaded from the local cache only)
+    options: dict = field(default_factory=dict)  # plugin-specific (e.g. ckpt_key, arch)
+
+
+class Backbone(nn.Module):
+    """Frozen feature extractor.
+
+    Subclasses set ``patch_size``, ``embed_dim``, ``mean``, ``std``, ``image_size`` and
+    implement :meth:`forward_intermediates`; everything else derives from it.
+    """
+
+    patch_size: int
+    embed_dim: int
+    image_size: int
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    has_class_token: bool = False
+
+    def forward_intermediates(self, x: torch.Tensor, n: int = 1) -> list[torch.Tensor]:
+        """Patch tokens (B, h, w, C) of the last ``n`` blocks, oldest first.
+
+        The last entry is after the final norm (what ``forward_patches`` returns); earlier
+        entries are the raw block outputs passed through the same final norm.
+        Special tokens (class, registers, padding) are already removed.
+        """
+        raise NotImplementedError
+
+    def forward_patches(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_intermediates(x, 1)[-1]
+
+    def global_vector(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C): class token, pooling head or patch mean, as the backbone's authors use it."""
+        return self.forward_patches(x).mean(dim=(1, 2))
+
+    def protocol_info(self) -> dict:
+        """Settings that every result records next to its numbers."""
+        return {
+            "backbone": type(self).__name__,
+            "patch_size": self.patch_size,
+            "embed_dim": self.embed_dim,
+            "image_size": self.image_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
+    def freeze(self) -> "Backbone":
+        for p in self.parameters():
+            p.requires_grad_(False)
+        return self.eval()
+
+    def train(self, mode: bool = True) -> "Backbone":
+        # Frozen backbones stay in eval mode even inside a runner that calls .train().
+        return super().train(False)
+
+
+BackboneFactory = Callable[[BackboneSpec], Backbone]
+_REGISTRY: dict[str, BackboneFactory] = {}
+
+
+def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]:
+    def deco(factory: BackboneFactory) -> BackboneFactory:
+        if name in _REGISTRY:
+            raise ValueError(f"backbone {name!r} registered twice")
+        _REGISTRY[name] = factory
+        return factory
+
+    return deco
+
+
+def available_backbones() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def build_backbone(spec: BackboneSpec) -> Backbone:
+    if spec.name not in _REGISTRY:
+        raise ValueError(f"unknown backbone {spec.name!r}; available: {available_backbones()}")
+    return _REGISTRY[spec.name](spec).freeze()
