@@ -1,0 +1,36 @@
+"""User errors end a command with one line on stderr and exit code 2, not a traceback."""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable
+
+
+def user_error_types() -> tuple[type, ...]:
+    """Errors that mean 'fix your input', gathered from the modules that define them."""
+    from ..config import ConfigError
+
+    types: list[type] = [ConfigError, FileNotFoundError]
+    for module, name in (
+        ("tcjepa.data.errors", "DataError"),
+        ("tcjepa.train.checkpoint", "CheckpointError"),
+        ("tcjepa.train.loop", "TrainingError"),
+    ):
+        try:
+            types.append(getattr(__import__(module, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(types)
+
+
+def run_cli(fn: Callable[[], int]) -> int:
+    try:
+        return fn()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - decide below whether it is the user's to fix
+        if isinstance(e, user_error_types()) and not os.environ.get("TCJEPA_TRACEBACK"):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise

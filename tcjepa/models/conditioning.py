@@ -1,0 +1,110 @@
+"""How caption word features enter the predictor.
+
+Shapes: predictor tokens of one image are laid out as (B, Q, D) with Q = M * T (all target
+blocks of an image share its captions, and cross-attention does not mix tokens, so the M
+blocks can be queried together without copying the text). Text is (B, N, S, d_t) with a
+word mask (B, N, S), True = real word.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def mean_caption_vector(text: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
+    """(B, N, S, d) -> (B, N, d): average of the real words of each caption."""
+    w = word_mask.unsqueeze(-1).to(text.dtype)
+    return (text * w).sum(2) / w.sum(2).clamp_min(1)
+
+
+class TextCrossAttention(nn.Module):
+    """Single-head cross-attention from predictor tokens to the words of each caption.
+
+    Every caption is attended independently: the N captions act as N "heads" sharing
+    W_Q, W_K, W_V, W_O, so one fused attention call covers all of them.
+    """
+
+    def __init__(self, dim: int, text_dim: int, scale: bool = True):
+        super().__init__()
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(text_dim, dim)
+        self.v = nn.Linear(text_dim, dim)
+        self.proj = nn.Linear(dim, dim)
+        self.scale = 1.0 / math.sqrt(dim) if scale else 1.0
+
+    def forward(
+        self, h: torch.Tensor, text: torch.Tensor, word_mask: torch.Tensor, return_attention: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """h (B, Q, D) normed tokens -> per-caption outputs (B, N, Q, D), q (B, Q, D),
+        k (B, N, S, D) and, if asked, attention probabilities (B, N, Q, S)."""
+        B, Q, D = h.shape
+        N = text.shape[1]
+        q = self.q(h)
+        k = self.k(text)
+        v = self.v(text)
+        mask = word_mask[:, :, None, :]  # (B, N, 1, S)
+        qn = q.unsqueeze(1).expand(B, N, Q, D)
+        if return_attention:
+            logits = (qn @ k.transpose(-1, -2)) * self.scale
+            probs = logits.masked_fill(~mask, float("-inf")).softmax(-1)
+            out = probs @ v
+        else:
+            probs = None
+            out = F.scaled_dot_product_attention(qn, k, v, attn_mask=mask, scale=self.scale)
+        return self.proj(out), q, k, probs
+
+
+class CaptionPool(nn.Module):
+    """Fuse N per-caption results (B, N, ...) -> (B, ...): max (paper), mean, or attention
+    (a learned query scores each caption's result per token)."""
+
+    def __init__(self, kind: str, dim: int):
+        super().__init__()
+        if kind not in ("max", "mean", "attention"):
+            raise ValueError(f"caption_pool must be max, mean or attention, got {kind!r}")
+        self.kind = kind
+        self.query = nn.Parameter(torch.zeros(dim)) if kind == "attention" else None
+
+    def forward(self, r: torch.Tensor) -> torch.Tensor:
+        if self.kind == "max":
+            return r.amax(dim=1)
+        if self.kind == "mean":
+            return r.mean(dim=1)
+        weights = (r @ self.query / math.sqrt(r.shape[-1])).softmax(dim=1)
+        return (weights.unsqueeze(-1) * r).sum(dim=1)
+
+
+class AdaLNModulation(nn.Module):
+    """DiT-style adaptive LayerNorm from the mean caption vector: shift, scale and gate for
+    the self-attention and MLP branches. Zero-initialised, so training starts at I-JEPA."""
+
+    def __init__(self, dim: int, text_dim: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.SiLU(), nn.Linear(text_dim, 6 * dim))
+        nn.init.zeros_(self.net[1].weight)
+        nn.init.zeros_(self.net[1].bias)
+
+    def forward(self, caption_vec: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(B, N, d_t) -> six (B, N, 1, D) tensors."""
+        return self.net(caption_vec).unsqueeze(2).chunk(6, dim=-1)
+
+
+class FeatureConditioner(nn.Module):
+    """Predictor-input conditioning z <- z + MLP(LN([z, tbar])), one result per caption."""
+
+    def __init__(self, dim: int, text_dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim + text_dim, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(dim + text_dim, dim), nn.GELU(), nn.Linear(dim, dim))
+
+    def forward(self, z: torch.Tensor, caption_vec: torch.Tensor) -> torch.Tensor:
+        """z (B, Q, D), caption_vec (B, N, d_t) -> (B, N, Q, D)."""
+        B, Q, D = z.shape
+        N = caption_vec.shape[1]
+        zz = z.unsqueeze(1).expand(B, N, Q, D)
+        tt = caption_vec.unsqueeze(2).expand(B, N, Q, caption_vec.shape[-1])
+        return zz + self.mlp(self.norm(torch.cat([zz, tt], dim=-1)))

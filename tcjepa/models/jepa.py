@@ -1,0 +1,112 @@
+"""Context encoder + EMA target encoder + predictor + loss. I-JEPA when text is off.
+
+``JEPA.forward`` returns a dict of loss terms and statistics; it never logs.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import Config
+from .predictor import Predictor, PredictorOutput
+from .regularizers import grounding_terms
+from .vit import build_encoder, gather_tokens
+
+
+def prediction_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """pred, target (..., E). smooth_l1 (I-JEPA code), l2 (paper: squared L2 per token,
+    averaged over tokens) or mse (per element)."""
+    pred, target = pred.float(), target.float()
+    if kind == "smooth_l1":
+        return F.smooth_l1_loss(pred, target)
+    if kind == "l2":
+        return (pred - target).pow(2).sum(-1).mean()
+    if kind == "mse":
+        return F.mse_loss(pred, target)
+    raise ValueError(f"unknown pred_loss {kind!r}")
+
+
+class JEPA(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        m = cfg.model
+        self.cfg = cfg
+        self.encoder = build_encoder(m.encoder, cfg.data.image_size, m.patch_size, m.drop_path)
+        self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
+        grid = self.encoder.patch_embed.grid_size
+        self.predictor = Predictor(
+            embed_dim=self.encoder.embed_dim,
+            grid_size=grid,
+            dim=m.predictor_width,
+            depth=m.predictor_depth,
+            num_heads=m.predictor_heads or self.encoder.blocks[0].attn.num_heads,
+            text_dim=cfg.text.dim if cfg.text.enabled else None,
+            conditioning=m.conditioning,
+            conditioned_layers=m.conditioned_layers,
+            caption_pool=m.caption_pool,
+            caption_pool_point=m.caption_pool_point,
+            xattn_scale=m.xattn_scale,
+        )
+        self.text_enabled = cfg.text.enabled
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        return tuple(self.encoder.patch_embed.grid_size)
+
+    @torch.no_grad()
+    def targets(self, images: torch.Tensor, target_idx: torch.Tensor) -> torch.Tensor:
+        """Layer-normed target-encoder features at the target blocks: (B, M, Kt, E)."""
+        h = self.target_encoder.forward_features(images)
+        h = F.layer_norm(h, (h.shape[-1],))
+        B, M, Kt = target_idx.shape
+        return gather_tokens(h, target_idx.reshape(B, M * Kt)).reshape(B, M, Kt, -1)
+
+    def predict(
+        self,
+        images: torch.Tensor,
+        context_idx: torch.Tensor,
+        target_idx: torch.Tensor,
+        context_valid: Optional[torch.Tensor] = None,
+        text: Optional[torch.Tensor] = None,
+        text_mask: Optional[torch.Tensor] = None,
+        return_attention: bool = False,
+    ) -> PredictorOutput:
+        z = self.encoder.forward_features(images, context_idx, context_valid)
+        return self.predictor(z, context_idx, target_idx, context_valid, text, text_mask, return_attention)
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        context_idx: torch.Tensor,
+        target_idx: torch.Tensor,
+        context_valid: Optional[torch.Tensor] = None,
+        text: Optional[torch.Tensor] = None,
+        text_mask: Optional[torch.Tensor] = None,
+    ) -> dict[str, torch.Tensor]:
+        if not self.text_enabled:
+            text = text_mask = None  # I-JEPA: captions in the batch are simply unused
+        target = self.targets(images, target_idx)
+        out = self.predict(images, context_idx, target_idx, context_valid, text, text_mask)
+        loss_pred = prediction_loss(out.pred, target, self.cfg.loss.pred_loss)
+        stats = {"loss_pred": loss_pred.detach(), "target_std": target.float().std(dim=-1).mean().detach()}
+        loss = loss_pred
+        if out.cosines:
+            terms = grounding_terms(out.cosines, out.word_mask, out.token_valid)
+            loss = loss + self.cfg.loss.sparse_weight * terms.sparse + self.cfg.loss.consist_weight * terms.consist
+            stats.update(
+                loss_sparse=terms.sparse.detach(),
+                loss_consist=terms.consist.detach(),
+                positive_cosine_fraction=terms.positive_fraction,
+            )
+        stats["loss"] = loss
+        return stats
+
+    @torch.no_grad()
+    def update_target(self, momentum: float) -> None:
+        online = [p.detach() for p in self.encoder.parameters() if p.requires_grad]
+        target = [p for p, o in zip(self.target_encoder.parameters(), self.encoder.parameters()) if o.requires_grad]
+        torch._foreach_lerp_(target, online, 1.0 - momentum)

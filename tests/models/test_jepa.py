@@ -1,0 +1,90 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tcjepa.config import load_config
+from tcjepa.models.jepa import JEPA, prediction_loss
+
+TINY = ["model.encoder=vit_pico", "model.patch_size=8", "data.image_size=32", "model.predictor_depth=2",
+        "model.predictor_width=32", "model.predictor_heads=2", "text.dim=12"]
+
+
+def batch(B=3, M=2, Kt=3, Kc=6, N=2, S=4, grid=16):
+    g = torch.Generator().manual_seed(0)
+    return dict(
+        images=torch.randn(B, 3, 32, 32, generator=g),
+        context_idx=torch.stack([torch.randperm(grid, generator=g)[:Kc] for _ in range(B)]),
+        target_idx=torch.randint(0, grid, (B, M, Kt), generator=g),
+        text=torch.randn(B, N, S, 12, generator=g),
+        text_mask=torch.ones(B, N, S, dtype=torch.bool),
+    )
+
+
+def test_ijepa_mode_is_the_ijepa_objective():
+    torch.manual_seed(0)
+    model = JEPA(load_config(None, TINY + ["text.enabled=false"]))
+    b = batch()
+    out = model(**b)
+    assert set(out) == {"loss", "loss_pred", "target_std"}
+    # Recompute I-JEPA by hand: layer-normed target features, context encoder on kept
+    # patches, predictor on (context + mask tokens), smooth L1.
+    with torch.no_grad():
+        h = F.layer_norm(model.target_encoder.forward_features(b["images"]), (64,))
+        B, M, Kt = b["target_idx"].shape
+        tgt = torch.stack([h[i, b["target_idx"][i].reshape(-1)] for i in range(B)]).reshape(B, M, Kt, 64)
+        z = model.encoder.forward_features(b["images"], b["context_idx"])
+        pred = model.predictor(z, b["context_idx"], b["target_idx"]).pred
+    torch.testing.assert_close(out["loss"], F.smooth_l1_loss(pred, tgt))
+    assert not any("xattn" in n for n, _ in model.named_parameters())
+
+
+def test_tcjepa_loss_adds_weighted_regularizers_and_text_gets_gradients():
+    torch.manual_seed(0)
+    model = JEPA(load_config(None, TINY + ["loss.sparse_weight=0.1", "loss.consist_weight=0.5"]))
+    out = model(**batch())
+    want = out["loss_pred"] + 0.1 * out["loss_sparse"] + 0.5 * out["loss_consist"]
+    torch.testing.assert_close(out["loss"].detach(), want)
+    out["loss"].backward()
+    xk = model.predictor.blocks[0].xattn.k.weight
+    assert xk.grad is not None and xk.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.target_encoder.parameters())
+
+
+def test_regularizer_weights_zero_turn_them_off():
+    torch.manual_seed(0)
+    model = JEPA(load_config(None, TINY + ["loss.sparse_weight=0", "loss.consist_weight=0"]))
+    out = model(**batch())
+    torch.testing.assert_close(out["loss"].detach(), out["loss_pred"])
+
+
+def test_text_changes_the_prediction():
+    torch.manual_seed(0)
+    model = JEPA(load_config(None, TINY))
+    b = batch()
+    a = model(**b)["loss_pred"]
+    b["text"] = torch.randn_like(b["text"])
+    assert model(**b)["loss_pred"] != a
+
+
+@pytest.mark.parametrize("kind", ["smooth_l1", "l2", "mse"])
+def test_prediction_losses(kind):
+    p, t = torch.zeros(2, 3, 4), torch.full((2, 3, 4), 2.0)
+    want = {"smooth_l1": 1.5, "l2": 16.0, "mse": 4.0}[kind]
+    assert prediction_loss(p, t, kind).item() == pytest.approx(want)
+
+
+def test_ema_update_formula():
+    torch.manual_seed(0)
+    model = JEPA(load_config(None, TINY + ["text.enabled=false"]))
+    with torch.no_grad():
+        for p in model.encoder.parameters():
+            if p.requires_grad:
+                p.add_(1.0)
+    before = {n: p.clone() for n, p in model.target_encoder.named_parameters()}
+    online = dict(model.encoder.named_parameters())
+    model.update_target(0.9)
+    for n, p in model.target_encoder.named_parameters():
+        if online[n].requires_grad:
+            torch.testing.assert_close(p, 0.9 * before[n] + 0.1 * online[n])
+        else:  # fixed sin-cos positions are not averaged
+            torch.testing.assert_close(p, before[n])
