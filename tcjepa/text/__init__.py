@@ -1,0 +1,13 @@
+"""Text side of TC-JEPA: the frozen caption encoder and its precomputed word-feature cache."""
+from .cache import TextFeatureCache, build_text_cache, caption_fingerprint
+from .encoder import FrozenTextEncoder, resolve_text_encoder, sanitize_caption, sanitize_captions
+
+__all__ = [
+    "FrozenTextEncoder",
+    "TextFeatureCache",
+    "build_text_cache",
+    "caption_fingerprint",
+    "resolve_text_encoder",
+    "sanitize_caption",
+    "sanitize_captions",
+]
