@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import Config
+from ..train.optim import ema_update
 from .predictor import Predictor, PredictorOutput
 from .regularizers import grounding_terms
 from .vit import build_encoder, gather_tokens
@@ -107,6 +108,7 @@ class JEPA(nn.Module):
 
     @torch.no_grad()
     def update_target(self, momentum: float) -> None:
-        online = [p.detach() for p in self.encoder.parameters() if p.requires_grad]
-        target = [p for p, o in zip(self.target_encoder.parameters(), self.encoder.parameters()) if o.requires_grad]
-        torch._foreach_lerp_(target, online, 1.0 - momentum)
+        """EMA of the trained encoder weights; fixed ones (sin-cos positions) stay as they are."""
+        pairs = [(t, o.detach()) for t, o in zip(self.target_encoder.parameters(), self.encoder.parameters())
+                 if o.requires_grad]
+        ema_update([t for t, _ in pairs], [o for _, o in pairs], momentum)

@@ -89,6 +89,7 @@ class JEPAViT(VisionTransformer):
             drop_path_rate=drop_path_rate,
             class_token=False,
             global_pool="avg",
+            fc_norm=False,  # I-JEPA normalises every token; timm's avg default would norm only the pool
             num_classes=0,
         )
         self.patch_embed.strict_img_size = False  # other sizes are fine: positions are recomputed

@@ -1,0 +1,314 @@
+"""The training loop, top to bottom: set-up, resume, steps, checkpoints, summary.
+
+One path for TC-JEPA and I-JEPA (``text.enabled=false``). Data, model, optimizer,
+parallelism and checkpoints each live in their own module; this file only wires them.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+import yaml
+from tqdm import tqdm
+
+from ..config import Config
+from ..data.loader import build_pretrain_loader
+from ..models.jepa import JEPA
+from . import checkpoint as ckpt_io
+from .distributed import (
+    all_gather_objects,
+    init_distributed,
+    load_model_state_dict,
+    load_optimizer_state_dict,
+    model_state_dict,
+    optimizer_state_dict,
+    wrap_model,
+)
+from .monitors import MetricsLogger, probe_monitors
+from .optim import Schedules, build_optimizer, build_param_groups
+
+log = logging.getLogger("tcjepa.train")
+MODEL_PARTS = ("encoder", "predictor", "target_encoder")  # I-JEPA's checkpoint keys
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (non-finite loss, ...); the message says where it stopped."""
+
+
+@dataclass
+class TrainSummary:
+    out_dir: str
+    steps: int
+    final_loss: float
+    bad_samples: int
+    last_checkpoint: Optional[str]
+    seconds: float
+    history: list[dict] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- set-up
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_text_source(cfg: Config, dataset, device: torch.device):
+    """Returns (lookup for the collator, online encoder or None).
+
+    A feature cache is read inside loader workers; without one the frozen encoder runs in
+    the main process on each batch's caption strings.
+    """
+    if not cfg.text.enabled:
+        return None, None
+    if cfg.data.text_cache:
+        from ..text.cache import TextFeatureCache
+
+        cache = TextFeatureCache(cfg.data.text_cache)
+        cache.check_captions(dataset.caption_texts())
+        cache.check_encoder(cfg.text.encoder, cfg.text.max_words, cfg.text.dim)
+        return cache.lookup, None
+    from ..text.encoder import FrozenTextEncoder
+
+    encoder = FrozenTextEncoder(cfg.text.encoder, max_words=cfg.text.max_words, device=str(device))
+    if encoder.dim != cfg.text.dim:
+        raise TrainingError(f"text encoder {cfg.text.encoder!r} gives {encoder.dim}-d words but text.dim={cfg.text.dim}")
+    return None, encoder
+
+
+def to_device(batch: dict[str, Any], device: torch.device, text_encoder=None) -> dict[str, Any]:
+    out = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+    if text_encoder is not None and "text" not in out:
+        captions = [c for per_image in batch["captions"] for c in per_image]
+        feats, mask = text_encoder.encode(captions)
+        B, N = len(batch["captions"]), len(batch["captions"][0])
+        out["text"] = feats.reshape(B, N, *feats.shape[1:]).to(device)
+        out["text_mask"] = mask.reshape(B, N, -1).to(device)
+    if "text" in out and out["text"] is not None:
+        out["text"] = out["text"].float()
+    return out
+
+
+def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    return dict(
+        images=batch["images"],
+        context_idx=batch["context_idx"],
+        target_idx=batch["target_idx"],
+        context_valid=batch.get("context_valid"),
+        text=batch.get("text"),
+        text_mask=batch.get("text_mask"),
+    )
+
+
+def batches(loader, sampler, start_epoch: int) -> Iterator[tuple[int, dict]]:
+    """Endless (epoch, batch) stream; the sampler decides order and where a resumed epoch starts."""
+    epoch = start_epoch
+    while True:
+        sampler.set_epoch(epoch)
+        for batch in loader:
+            yield epoch, batch
+        epoch += 1
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def train(cfg: Config, max_steps_this_run: Optional[int] = None, on_step: Optional[Callable] = None) -> TrainSummary:
+    """Train until the configured number of steps. ``max_steps_this_run`` stops early (as a
+    kill would, but cleanly; used by tests and the demo); ``on_step(step)`` is a test hook."""
+    t0 = time.time()
+    dist = init_distributed()
+    device = resolve_device(cfg.train.device) if dist.world_size == 1 else dist.device
+    out_dir = Path(cfg.train.out_dir)
+    if dist.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    torch.manual_seed(cfg.train.seed + dist.rank)
+
+    # Model, then everything that depends on its patch grid.
+    model = JEPA(cfg).to(device)
+    if cfg.train.activation_checkpointing:
+        model.encoder.set_grad_checkpointing(True)
+        model.target_encoder.set_grad_checkpointing(False)
+    accum = cfg.optim.grad_accum
+    micro_batch = cfg.optim.batch_size // (dist.world_size * accum)
+    if micro_batch < 1:
+        raise TrainingError(
+            f"optim.batch_size={cfg.optim.batch_size} is smaller than world_size x grad_accum "
+            f"({dist.world_size} x {accum})"
+        )
+    # The text source is chosen before the loader is built: a cache is read in its workers.
+    loader, sampler, dataset = build_pretrain_loader(
+        cfg, model.grid_size, rank=dist.rank, world_size=dist.world_size, batch_size=micro_batch
+    )
+    text_lookup, text_encoder = build_text_source(cfg, dataset, device)
+    if text_lookup is not None:
+        loader, sampler, dataset = build_pretrain_loader(
+            cfg, model.grid_size, rank=dist.rank, world_size=dist.world_size,
+            text_lookup=text_lookup, batch_size=micro_batch,
+        )
+    steps_per_epoch = max(1, len(loader) // accum)
+    total_steps = cfg.optim.max_steps or cfg.optim.epochs * steps_per_epoch
+    schedules = Schedules(cfg.optim, steps_per_epoch, total_steps)
+    # FSDP2 shards parameters in place, so the optimizer is built after wrapping.
+    wrapped = wrap_model(model, cfg.train.distributed, device)
+    optimizer = build_optimizer(build_param_groups(model.encoder, model.predictor), cfg.optim, device)
+    use_bf16 = cfg.train.precision == "bf16" and device.type == "cuda"
+
+    # Resume: everything that decides the future of the run comes back from the checkpoint.
+    step, epoch, batches_done, history = 0, 0, 0, []
+    resume_path = ckpt_io.resolve_resume(cfg.train.resume, out_dir)
+    if resume_path is not None:
+        state = ckpt_io.load_checkpoint(resume_path, allow_pickle=cfg.train.allow_pickle)
+        _check_same_model(state, cfg, resume_path)
+        load_model_state_dict(model, {
+            f"{part}.{k}": v for part in MODEL_PARTS for k, v in state[part].items()
+        })
+        load_optimizer_state_dict(model, optimizer, state["opt"])
+        step, epoch = int(state["step"]), int(state["epoch"])
+        batches_done = int(state["sampler"]["batches_done"])
+        history = list(state.get("history", []))
+        rng = state["rng"]
+        ckpt_io.restore_rng_state(rng[dist.rank] if len(rng) == dist.world_size else rng[0])
+        log.info("resumed from %s at step %d (epoch %d)", resume_path, step, epoch)
+    sampler.set_epoch(epoch)
+    sampler.load_state_dict({"epoch": epoch, "position": batches_done * micro_batch})
+
+    compiled = torch.compile(wrapped) if cfg.train.compile else wrapped
+    logger = MetricsLogger(out_dir, enabled=dist.is_main, tensorboard=cfg.train.tensorboard, resume_step=step)
+    probe = _probe_batch(cfg, model, device, text_lookup, text_encoder)
+
+    last_ckpt: Optional[str] = str(resume_path) if resume_path else None
+
+    def save(step_now: int, epoch_now: int, batches_now: int) -> None:
+        nonlocal last_ckpt
+        # Collectives under FSDP: every rank takes part, rank 0 writes.
+        full = model_state_dict(model)
+        opt_state = optimizer_state_dict(model, optimizer)
+        rng = all_gather_objects(ckpt_io.capture_rng_state())
+        if not dist.is_main:
+            return
+        state = {part: {k[len(part) + 1:]: v for k, v in full.items() if k.startswith(part + ".")}
+                 for part in MODEL_PARTS}
+        state.update(
+            opt=opt_state, scaler=None, epoch=epoch_now, step=step_now, config=cfg.to_dict(), rng=rng,
+            sampler={"epoch": epoch_now, "batches_done": batches_now},
+            ema_momentum=schedules.ema(step_now), history=history,
+        )
+        path = ckpt_io.save_run_checkpoint(out_dir, step_now, state, keep=cfg.train.keep_checkpoints)
+        last_ckpt = str(path)
+
+    stream = batches(loader, sampler, epoch)
+    stop_at = total_steps if max_steps_this_run is None else min(total_steps, step + max_steps_this_run)
+    bar = tqdm(total=total_steps, initial=step, disable=not dist.is_main, desc="train", dynamic_ncols=True)
+    window_t, window_imgs = time.time(), 0
+    loss_value = float("nan")
+    model.train()
+    while step < stop_at:
+        schedules.apply(optimizer, step)
+        sums: dict[str, float] = {}
+        for micro in range(accum):
+            epoch_now, raw = next(stream)
+            if epoch_now != epoch:
+                epoch, batches_done = epoch_now, 0
+            batches_done += 1
+            batch = to_device(raw, device, text_encoder)
+            sync = contextlib.nullcontext() if micro == accum - 1 or not hasattr(wrapped, "no_sync") else wrapped.no_sync()
+            with sync, torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                out = compiled(**model_inputs(batch))
+            (out["loss"] / accum).backward()
+            window_imgs += batch["images"].shape[0] * dist.world_size
+            for k, v in out.items():
+                if v.numel() == 1:
+                    sums[k] = sums.get(k, 0.0) + v.detach().float() / accum
+        loss_t = sums["loss"]
+        if not torch.isfinite(loss_t):
+            optimizer.zero_grad(set_to_none=True)
+            message = (
+                f"non-finite loss ({loss_t.item()}) at step {step}; "
+                f"last good checkpoint: {last_ckpt or 'none yet'}"
+            )
+            if cfg.train.nan_policy == "stop":
+                bar.close()
+                logger.close()
+                raise TrainingError(message)
+            log.warning("%s: skipping this step (train.nan_policy=skip)", message)
+            step += 1
+            continue
+        if cfg.optim.clip_grad > 0:
+            torch.nn.utils.clip_grad_norm_(
+                [p for g in optimizer.param_groups for p in g["params"]], cfg.optim.clip_grad
+            )
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        model.update_target(schedules.ema(step))
+        step += 1
+        loss_value = loss_t.item()
+        if on_step is not None:
+            on_step(step)
+
+        if step % cfg.train.log_every == 0 or step == stop_at:
+            elapsed = max(time.time() - window_t, 1e-9)
+            row = {k: v.item() for k, v in sums.items()}
+            row.update(
+                epoch=epoch, lr=schedules.lr(step - 1), wd=schedules.wd(step - 1),
+                ema=schedules.ema(step - 1), img_per_s=window_imgs / elapsed,
+            )
+            if "positive_cosine_fraction" in out:
+                row["positive_cosine_fraction"] = out["positive_cosine_fraction"].detach().float().cpu().tolist()
+            history.append({"step": step, "loss": row["loss"]})
+            logger.log(step, row)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.0f}")
+            window_t, window_imgs = time.time(), 0
+        if probe is not None and (step % cfg.train.monitor_every == 0 or step == stop_at):
+            logger.log(step, probe_monitors(model, probe))
+        if step % cfg.train.ckpt_every == 0 or step == stop_at:
+            save(step, epoch, batches_done)
+        bar.update(1)
+    bar.close()
+    logger.close()
+    bad = int(getattr(dataset, "bad_sample_count", 0))
+    summary = TrainSummary(
+        out_dir=str(out_dir), steps=step, final_loss=loss_value, bad_samples=bad,
+        last_checkpoint=last_ckpt, seconds=time.time() - t0, history=history,
+    )
+    if dist.is_main:
+        (out_dir / "summary.json").write_text(json.dumps(summary.__dict__, indent=2))
+        print(
+            f"done: {step} steps, final loss {loss_value:.4f}, bad samples skipped {bad}, "
+            f"checkpoint {last_ckpt}",
+            flush=True,
+        )
+    return summary
+
+
+def _check_same_model(state: dict, cfg: Config, path: Path) -> None:
+    saved = state.get("config", {}).get("model", {})
+    now = cfg.to_dict()["model"]
+    diff = {k: (saved.get(k), now[k]) for k in now if k in saved and saved.get(k) != now[k]}
+    if diff:
+        raise TrainingError(f"{path}: checkpoint was trained with a different model config {diff} (saved, requested)")
+    saved_text = state.get("config", {}).get("text", {}).get("enabled")
+    if saved_text is not None and saved_text != cfg.text.enabled:
+        raise TrainingError(f"{path}: checkpoint has text.enabled={saved_text}, config asks {cfg.text.enabled}")
+
+
+def _probe_batch(cfg: Config, model: JEPA, device, text_lookup, text_encoder) -> Optional[dict]:
+    """A fixed batch (first indices, epoch 0 masks) for monitors; built from its own loader
+    so that it does not consume the training stream."""
+    n = min(cfg.optim.batch_size, 32)
+    loader, sampler, _ = build_pretrain_loader(
+        cfg, model.grid_size, text_lookup=text_lookup, batch_size=n, num_workers=0, shuffle=False
+    )
+    sampler.set_epoch(0)
+    batch = next(iter(loader))
+    return to_device(batch, device, text_encoder)

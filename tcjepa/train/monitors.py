@@ -1,0 +1,142 @@
+"""What a JEPA run should be watched by: metric files, TensorBoard, and the text monitors.
+
+- ``MetricsLogger`` appends one JSON line per logged step (and a CSV with the same columns)
+  and mirrors scalars to TensorBoard when it is installed and enabled.
+- ``probe_monitors`` runs the predictor on a fixed probe batch: text gain (prediction loss
+  with captions shuffled across the batch minus loss with the true captions: positive when
+  the predictor uses the text), cross-attention entropy, collapse check (target std).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from ..models.jepa import JEPA, prediction_loss
+
+
+class MetricsLogger:
+    def __init__(self, out_dir: Path, enabled: bool = True, tensorboard: bool = True, resume_step: int = 0):
+        self.enabled = enabled
+        self.jsonl_path = out_dir / "metrics.jsonl"
+        self.csv_path = out_dir / "metrics.csv"
+        self.writer = None
+        if not enabled:
+            return
+        if resume_step:
+            _truncate_after(self.jsonl_path, resume_step)  # a resumed run rewrites what it redoes
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=resume_step or None)
+            except ImportError:
+                self.writer = None
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
+        with self.jsonl_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.writer is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self.writer.add_scalar(k, v, step)
+                elif isinstance(v, list):
+                    for i, vi in enumerate(v):
+                        self.writer.add_scalar(f"{k}/{i}", vi, step)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self.writer is not None:
+            self.writer.close()
+        write_csv(read_jsonl(self.jsonl_path), self.csv_path)
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        v = v.detach().float().cpu()
+        return v.item() if v.numel() == 1 else v.tolist()
+    return v
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _truncate_after(path: Path, step: int) -> None:
+    rows = [r for r in read_jsonl(path) if r["step"] <= step]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    columns: list[str] = []
+    for r in rows:
+        columns += [k for k in r if k not in columns]
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: json.dumps(v) if isinstance(v, list) else v for k, v in r.items()})
+
+
+def attention_entropy(attention: list[torch.Tensor], word_mask: torch.Tensor) -> list[float]:
+    """Mean entropy (nats) of each conditioned layer's word distribution, and its maximum
+    possible value is log(#words): low = patches attend to few words."""
+    out = []
+    for p in attention:
+        h = -(p.clamp_min(1e-12).log() * p).sum(-1)  # (B, N, Q)
+        out.append(h.mean().item())
+    return out
+
+
+@torch.no_grad()
+def probe_monitors(model: JEPA, batch: dict[str, Any]) -> dict[str, Any]:
+    """Monitors on a fixed probe batch (already on the model's device)."""
+    was_training = model.training
+    model.eval()
+    images, cidx, tidx = batch["images"], batch["context_idx"], batch["target_idx"]
+    cvalid = batch.get("context_valid")
+    target = model.targets(images, tidx)
+    kind = model.cfg.loss.pred_loss
+    metrics: dict[str, Any] = {"probe_target_std": target.float().std(dim=-1).mean().item()}
+    if model.text_enabled:
+        text, mask = batch["text"], batch["text_mask"]
+        out = model.predict(images, cidx, tidx, cvalid, text, mask, return_attention=True)
+        true_loss = prediction_loss(out.pred, target, kind).item()
+        shuffled = model.predict(images, cidx, tidx, cvalid, text.roll(1, 0), mask.roll(1, 0))
+        shuffled_loss = prediction_loss(shuffled.pred, target, kind).item()
+        metrics.update(
+            probe_loss=true_loss,
+            probe_loss_shuffled_text=shuffled_loss,
+            text_gain=shuffled_loss - true_loss,
+        )
+        if out.attention:
+            metrics["attention_entropy"] = attention_entropy(out.attention, out.word_mask)
+            words = out.word_mask.sum(-1).float().clamp_min(1).log().mean().item()
+            metrics["attention_entropy_uniform"] = words
+    else:
+        out = model.predict(images, cidx, tidx, cvalid)
+        metrics["probe_loss"] = prediction_loss(out.pred, target, kind).item()
+    model.train(was_training)
+    return metrics
+
+
+def is_finite(x: Optional[torch.Tensor]) -> bool:
+    return x is not None and bool(torch.isfinite(x).all())
+
+
+def format_eta(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h:d}:{m:02d}:{s:02d}"
