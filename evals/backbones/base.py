@@ -7,10 +7,22 @@ so a new backbone is one file that calls :func:`register_backbone`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
+
+
+class UserError(ValueError):
+    """A problem the user fixes (bad path, unknown name, mismatched checkpoint).
+
+    Command-line tools print its message as one line and exit with code 2; anything else
+    is a bug and keeps its traceback.
+    """
+
+
+class CheckpointError(UserError):
+    """Weights that do not fit the model they claim to be (missing/unexpected keys, shapes)."""
 
 
 @dataclass
@@ -20,6 +32,16 @@ class BackboneSpec:
     name: str  # registry key, e.g. 'tcjepa', 'ijepa', 'dinov2', 'siglip2'
     weights: Optional[str] = None  # local file/folder or hub id (loaded from the local cache only)
     options: dict = field(default_factory=dict)  # plugin-specific (e.g. ckpt_key, arch)
+
+    def take_options(self, **defaults: Any) -> dict:
+        """This plugin's options with defaults; an option the plugin does not know is an error,
+        so a misspelt or misplaced flag never goes silently unused."""
+        unknown = sorted(k for k, v in self.options.items() if v is not None and k not in defaults)
+        if unknown:
+            raise UserError(
+                f"backbone {self.name!r} does not take option(s) {unknown}; it takes {sorted(defaults)}"
+            )
+        return {k: (self.options[k] if self.options.get(k) is not None else v) for k, v in defaults.items()}
 
 
 class Backbone(nn.Module):
@@ -35,6 +57,7 @@ class Backbone(nn.Module):
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     has_class_token: bool = False
+    global_vector_kind: str = "mean of patch tokens"  # recorded with every result
 
     def forward_intermediates(self, x: torch.Tensor, n: int = 1) -> list[torch.Tensor]:
         """Patch tokens (B, h, w, C) of the last ``n`` blocks, oldest first.
@@ -50,7 +73,16 @@ class Backbone(nn.Module):
 
     def global_vector(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C): class token, pooling head or patch mean, as the backbone's authors use it."""
-        return self.forward_patches(x).mean(dim=(1, 2))
+        return self.forward_with_global(x, 1)[1]
+
+    def forward_with_global(self, x: torch.Tensor, n: int = 1) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """``forward_intermediates(x, n)`` and ``global_vector(x)`` from one forward pass.
+
+        The default (patch mean) suits backbones without a class token or pooling head;
+        backbones with one override this.
+        """
+        patches = self.forward_intermediates(x, n)
+        return patches, patches[-1].mean(dim=(1, 2))
 
     def protocol_info(self) -> dict:
         """Settings that every result records next to its numbers."""
@@ -61,6 +93,8 @@ class Backbone(nn.Module):
             "image_size": self.image_size,
             "mean": list(self.mean),
             "std": list(self.std),
+            "has_class_token": self.has_class_token,
+            "global_vector": self.global_vector_kind,
         }
 
     def freeze(self) -> "Backbone":
@@ -78,6 +112,9 @@ _REGISTRY: dict[str, BackboneFactory] = {}
 
 
 def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]:
+    """Decorator for a factory ``spec -> Backbone``; its docstring's first line is the
+    one-line description ``tcjepa-eval backbones`` prints."""
+
     def deco(factory: BackboneFactory) -> BackboneFactory:
         if name in _REGISTRY:
             raise ValueError(f"backbone {name!r} registered twice")
@@ -91,7 +128,11 @@ def available_backbones() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def describe_backbones() -> dict[str, str]:
+    return {name: ((_REGISTRY[name].__doc__ or "").strip().splitlines() or [""])[0] for name in available_backbones()}
+
+
 def build_backbone(spec: BackboneSpec) -> Backbone:
     if spec.name not in _REGISTRY:
-        raise ValueError(f"unknown backbone {spec.name!r}; available: {available_backbones()}")
+        raise UserError(f"unknown backbone {spec.name!r}; available: {available_backbones()}")
     return _REGISTRY[spec.name](spec).freeze()

@@ -62,8 +62,8 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_text_source(cfg: Config, dataset, device: torch.device):
-    """Returns (lookup for the collator, online encoder or None).
+def build_text_source(cfg: Config, device: torch.device):
+    """Returns (cache or None, online encoder or None).
 
     A feature cache is read inside loader workers; without one the frozen encoder runs in
     the main process on each batch's caption strings.
@@ -74,9 +74,8 @@ def build_text_source(cfg: Config, dataset, device: torch.device):
         from ..text.cache import TextFeatureCache
 
         cache = TextFeatureCache(cfg.data.text_cache)
-        cache.check_captions(dataset.caption_texts())
         cache.check_encoder(cfg.text.encoder, cfg.text.max_words, cfg.text.dim)
-        return cache.lookup, None
+        return cache, None
     from ..text.encoder import FrozenTextEncoder
 
     encoder = FrozenTextEncoder(cfg.text.encoder, max_words=cfg.text.max_words, device=str(device))
@@ -109,14 +108,11 @@ def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-def batches(loader, sampler, start_epoch: int) -> Iterator[tuple[int, dict]]:
-    """Endless (epoch, batch) stream; the sampler decides order and where a resumed epoch starts."""
-    epoch = start_epoch
+def batches(loader) -> Iterator[dict]:
+    """Endless batch stream; the loader's sampler decides order, epochs and where a resumed
+    epoch starts."""
     while True:
-        sampler.set_epoch(epoch)
-        for batch in loader:
-            yield epoch, batch
-        epoch += 1
+        yield from loader
 
 
 # ----------------------------------------------------------------------------- the run
@@ -146,16 +142,14 @@ def train(cfg: Config, max_steps_this_run: Optional[int] = None, on_step: Option
             f"optim.batch_size={cfg.optim.batch_size} is smaller than world_size x grad_accum "
             f"({dist.world_size} x {accum})"
         )
-    # The text source is chosen before the loader is built: a cache is read in its workers.
+    # The text source comes first: a cache is read inside the loader's workers.
+    text_cache, text_encoder = build_text_source(cfg, device)
     loader, sampler, dataset = build_pretrain_loader(
-        cfg, model.grid_size, rank=dist.rank, world_size=dist.world_size, batch_size=micro_batch
+        cfg, model.grid_size, rank=dist.rank, world_size=dist.world_size,
+        text_lookup=text_cache.lookup if text_cache is not None else None, batch_size=micro_batch,
     )
-    text_lookup, text_encoder = build_text_source(cfg, dataset, device)
-    if text_lookup is not None:
-        loader, sampler, dataset = build_pretrain_loader(
-            cfg, model.grid_size, rank=dist.rank, world_size=dist.world_size,
-            text_lookup=text_lookup, batch_size=micro_batch,
-        )
+    if text_cache is not None:
+        text_cache.check_captions(dataset.caption_texts())
     steps_per_epoch = max(1, len(loader) // accum)
     total_steps = cfg.optim.max_steps or cfg.optim.epochs * steps_per_epoch
     schedules = Schedules(cfg.optim, steps_per_epoch, total_steps)
@@ -165,7 +159,7 @@ def train(cfg: Config, max_steps_this_run: Optional[int] = None, on_step: Option
     use_bf16 = cfg.train.precision == "bf16" and device.type == "cuda"
 
     # Resume: everything that decides the future of the run comes back from the checkpoint.
-    step, epoch, batches_done, history = 0, 0, 0, []
+    step, history = 0, []
     resume_path = ckpt_io.resolve_resume(cfg.train.resume, out_dir)
     if resume_path is not None:
         state = ckpt_io.load_checkpoint(resume_path, allow_pickle=cfg.train.allow_pickle)
@@ -174,22 +168,20 @@ def train(cfg: Config, max_steps_this_run: Optional[int] = None, on_step: Option
             f"{part}.{k}": v for part in MODEL_PARTS for k, v in state[part].items()
         })
         load_optimizer_state_dict(model, optimizer, state["opt"])
-        step, epoch = int(state["step"]), int(state["epoch"])
-        batches_done = int(state["sampler"]["batches_done"])
+        step = int(state["step"])
+        sampler.load_state_dict(state["sampler"])
         history = list(state.get("history", []))
         rng = state["rng"]
         ckpt_io.restore_rng_state(rng[dist.rank] if len(rng) == dist.world_size else rng[0])
-        log.info("resumed from %s at step %d (epoch %d)", resume_path, step, epoch)
-    sampler.set_epoch(epoch)
-    sampler.load_state_dict({"epoch": epoch, "position": batches_done * micro_batch})
+        log.info("resumed from %s at step %d (epoch %d)", resume_path, step, sampler.epoch)
 
     compiled = torch.compile(wrapped) if cfg.train.compile else wrapped
     logger = MetricsLogger(out_dir, enabled=dist.is_main, tensorboard=cfg.train.tensorboard, resume_step=step)
-    probe = _probe_batch(cfg, model, device, text_lookup, text_encoder)
+    probe = _probe_batch(loader, dataset, cfg, device, text_encoder)
 
     last_ckpt: Optional[str] = str(resume_path) if resume_path else None
 
-    def save(step_now: int, epoch_now: int, batches_now: int) -> None:
+    def save(step_now: int) -> None:
         nonlocal last_ckpt
         # Collectives under FSDP: every rank takes part, rank 0 writes.
         full = model_state_dict(model)
@@ -200,14 +192,14 @@ def train(cfg: Config, max_steps_this_run: Optional[int] = None, on_step: Option
         state = {part: {k[len(part) + 1:]: v for k, v in full.items() if k.startswith(part + ".")}
                  for part in MODEL_PARTS}
         state.update(
-            opt=opt_state, scaler=None, epoch=epoch_now, step=step_now, config=cfg.to_dict(), rng=rng,
-            sampler={"epoch": epoch_now, "batches_done": batches_now},
+            opt=opt_state, scaler=None, epoch=sampler.epoch, step=step_now, config=cfg.to_dict(), rng=rng,
+            sampler=sampler.state_dict(),
             ema_momentum=schedules.ema(step_now), history=history,
         )
         path = ckpt_io.save_run_checkpoint(out_dir, step_now, state, keep=cfg.train.keep_checkpoints)
         last_ckpt = str(path)
 
-    stream = batches(loader, sampler, epoch)
+    stream = batches(loader)
     stop_at = total_steps if max_steps_this_run is None else min(total_steps, step + max_steps_this_run)
     bar = tqdm(total=total_steps, initial=step, disable=not dist.is_main, desc="train", dynamic_ncols=True)
     window_t, window_imgs = time.time(), 0
@@ -217,11 +209,7 @@ def train(cfg: Config, max_steps_this_run: Optional[int] = None, on_step: Option
         schedules.apply(optimizer, step)
         sums: dict[str, float] = {}
         for micro in range(accum):
-            epoch_now, raw = next(stream)
-            if epoch_now != epoch:
-                epoch, batches_done = epoch_now, 0
-            batches_done += 1
-            batch = to_device(raw, device, text_encoder)
+            batch = to_device(next(stream), device, text_encoder)
             sync = contextlib.nullcontext() if micro == accum - 1 or not hasattr(wrapped, "no_sync") else wrapped.no_sync()
             with sync, torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 out = compiled(**model_inputs(batch))
@@ -260,7 +248,7 @@ def train(cfg: Config, max_steps_this_run: Optional[int] = None, on_step: Option
             elapsed = max(time.time() - window_t, 1e-9)
             row = {k: v.item() for k, v in sums.items()}
             row.update(
-                epoch=epoch, lr=schedules.lr(step - 1), wd=schedules.wd(step - 1),
+                epoch=sampler.epoch, lr=schedules.lr(step - 1), wd=schedules.wd(step - 1),
                 ema=schedules.ema(step - 1), img_per_s=window_imgs / elapsed,
             )
             if "positive_cosine_fraction" in out:
@@ -272,11 +260,11 @@ def train(cfg: Config, max_steps_this_run: Optional[int] = None, on_step: Option
         if probe is not None and (step % cfg.train.monitor_every == 0 or step == stop_at):
             logger.log(step, probe_monitors(model, probe))
         if step % cfg.train.ckpt_every == 0 or step == stop_at:
-            save(step, epoch, batches_done)
+            save(step)
         bar.update(1)
     bar.close()
     logger.close()
-    bad = int(getattr(dataset, "bad_sample_count", 0))
+    bad = dataset.bad_samples
     summary = TrainSummary(
         out_dir=str(out_dir), steps=step, final_loss=loss_value, bad_samples=bad,
         last_checkpoint=last_ckpt, seconds=time.time() - t0, history=history,
@@ -302,13 +290,8 @@ def _check_same_model(state: dict, cfg: Config, path: Path) -> None:
         raise TrainingError(f"{path}: checkpoint has text.enabled={saved_text}, config asks {cfg.text.enabled}")
 
 
-def _probe_batch(cfg: Config, model: JEPA, device, text_lookup, text_encoder) -> Optional[dict]:
-    """A fixed batch (first indices, epoch 0 masks) for monitors; built from its own loader
-    so that it does not consume the training stream."""
-    n = min(cfg.optim.batch_size, 32)
-    loader, sampler, _ = build_pretrain_loader(
-        cfg, model.grid_size, text_lookup=text_lookup, batch_size=n, num_workers=0, shuffle=False
-    )
-    sampler.set_epoch(0)
-    batch = next(iter(loader))
-    return to_device(batch, device, text_encoder)
+def _probe_batch(loader, dataset, cfg: Config, device, text_encoder) -> dict:
+    """A fixed batch (the first samples, epoch-0 crops and masks) for the monitors, built
+    outside the training stream so it does not move the sampler."""
+    n = min(len(dataset), 32)
+    return to_device(loader.collate_fn([dataset[(i, 0)] for i in range(n)]), device, text_encoder)

@@ -1,0 +1,241 @@
+"""Linear probes on cached features.
+
+``linear_probe``: every (feature set x learning rate) head trains in ONE pass over the
+data, DINOv2-style: one module holds all heads, the loss is the sum of their losses (the
+heads share no parameters, so each gets exactly its own gradient), each head has its own
+lr in its own optimizer group, all follow one cosine schedule. The best head is chosen on
+a held-out part of train (default) or on val; either way the choice is recorded, and
+top-1 / top-5 on val are reported for that head.
+
+``logreg_probe``: scikit-learn logistic regression over a C sweep, a second, cheap protocol.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from evals.features import FeatureSet
+
+SGD_LRS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+ADAMW_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+LOGREG_CS = (0.01, 0.1, 1.0, 10.0)
+FEATURE_SETS = ("last1", "last4")
+SELECTIONS = ("holdout", "val")
+
+
+def split_holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    if not 0 < fraction < 1:
+        raise ValueError(f"holdout fraction must be in (0, 1), got {fraction}")
+    perm = np.random.default_rng(seed).permutation(n)
+    n_hold = max(1, int(round(n * fraction)))
+    return np.sort(perm[n_hold:]), np.sort(perm[:n_hold])
+
+
+def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> dict[int, int]:
+    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
+    hits = top == labels[:, None]
+    return {k: int(hits[:, :k].any(dim=1).sum()) for k in ks}
+
+
+class Standardizer:
+    """Per-dimension mean/std from the training split (what a non-affine BatchNorm in front of
+    the linear layer, the MAE / I-JEPA probe recipe, converges to at evaluation)."""
+
+    def __init__(self, x: torch.Tensor):
+        self.mean = x.mean(0, keepdim=True)
+        self.std = x.std(0, keepdim=True).clamp_min(1e-6)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class LinearHeadGrid(nn.Module):
+    """One linear head per (feature set, lr)."""
+
+    def __init__(self, dims: dict[str, int], lrs: Sequence[float], num_classes: int):
+        super().__init__()
+        self.points = [(fs, lr) for fs in dims for lr in lrs]
+        self.heads = nn.ModuleList(nn.Linear(dims[fs], num_classes) for fs, _ in self.points)
+        for head in self.heads:
+            nn.init.normal_(head.weight, std=0.01)
+            nn.init.zeros_(head.bias)
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        return [head(inputs[fs]) for head, (fs, _) in zip(self.heads, self.points)]
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        return [{"params": list(head.parameters()), "lr": lr, "weight_decay": weight_decay}
+                for head, (_, lr) in zip(self.heads, self.points)]
+
+
+def _tensors(features: FeatureSet, sets: Sequence[str], idx: Optional[np.ndarray], device) -> tuple[dict, torch.Tensor]:
+    pick = (lambda a: np.array(a if idx is None else a[idx]))  # a copy: cached arrays are read-only memmaps
+    x = {fs: torch.from_numpy(pick(features.get(fs))).float().to(device) for fs in sets}
+    y = torch.from_numpy(pick(features.labels)).long().to(device)
+    return x, y
+
+
+@torch.no_grad()
+def _evaluate(model: LinearHeadGrid, x: dict, y: torch.Tensor, batch_size: int) -> list[dict]:
+    counts = [{1: 0, 5: 0} for _ in model.points]
+    for s in range(0, len(y), batch_size):
+        logits = model({k: v[s:s + batch_size] for k, v in x.items()})
+        for c, lg in zip(counts, logits):
+            for k, v in topk_correct(lg, y[s:s + batch_size]).items():
+                c[k] += v
+    n = max(len(y), 1)
+    return [{"top1": 100.0 * c[1] / n, "top5": 100.0 * c[5] / n} for c in counts]
+
+
+def _choose(scores: list[float]) -> int:
+    return int(np.argmax(scores))  # first of equals: the grid order is the tie-break
+
+
+def linear_probe(
+    train: FeatureSet,
+    val: FeatureSet,
+    lrs: Optional[Sequence[float]] = None,
+    feature_sets: Sequence[str] = FEATURE_SETS,
+    epochs: int = 10,
+    batch_size: int = 256,
+    optimizer: str = "sgd",
+    weight_decay: float = 0.0,
+    momentum: float = 0.9,
+    selection: str = "holdout",
+    holdout_fraction: float = 0.1,
+    standardize: bool = True,
+    seed: int = 0,
+    device: str = "cpu",
+) -> dict:
+    if optimizer not in ("sgd", "adamw"):
+        raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+    lrs = tuple(lrs or (SGD_LRS if optimizer == "sgd" else ADAMW_LRS))
+    torch.manual_seed(seed)
+    num_classes = int(max(train.labels.max(), val.labels.max())) + 1
+    fit_idx, hold_idx = (split_holdout(len(train), holdout_fraction, seed) if selection == "holdout"
+                         else (None, None))
+    x_fit, y_fit = _tensors(train, feature_sets, fit_idx, device)
+    x_val, y_val = _tensors(val, feature_sets, None, device)
+    x_hold, y_hold = _tensors(train, feature_sets, hold_idx, device) if hold_idx is not None else (None, None)
+    if standardize:
+        norms = {fs: Standardizer(x_fit[fs]) for fs in feature_sets}
+        for x in filter(None, (x_fit, x_val, x_hold)):
+            for fs in feature_sets:
+                x[fs] = norms[fs](x[fs])
+
+    model = LinearHeadGrid({fs: x_fit[fs].shape[1] for fs in feature_sets}, lrs, num_classes).to(device)
+    groups = model.param_groups(weight_decay)
+    opt = (torch.optim.SGD(groups, momentum=momentum) if optimizer == "sgd" else torch.optim.AdamW(groups))
+    steps_per_epoch = math.ceil(len(y_fit) / batch_size)
+    total = max(1, epochs * steps_per_epoch)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
+    loss_fn = nn.CrossEntropyLoss()
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    for _ in tqdm(range(epochs), desc=f"linear heads ({len(model.points)} in one pass)", unit="epoch"):
+        perm = torch.randperm(len(y_fit), generator=generator).to(device)
+        for s in range(0, len(perm), batch_size):
+            idx = perm[s:s + batch_size]
+            logits = model({fs: x_fit[fs][idx] for fs in feature_sets})
+            loss = sum(loss_fn(lg, y_fit[idx]) for lg in logits)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            schedule.step()
+
+    val_scores = _evaluate(model, x_val, y_val, 4096)
+    hold_scores = _evaluate(model, x_hold, y_hold, 4096) if x_hold is not None else None
+    chooser = hold_scores if hold_scores is not None else val_scores
+    best = _choose([s["top1"] for s in chooser])
+    fs, lr = model.points[best]
+    grid = []
+    for i, (f, l) in enumerate(model.points):
+        row = {"features": f, "lr": l, "val_top1": val_scores[i]["top1"], "val_top5": val_scores[i]["top5"]}
+        if hold_scores is not None:
+            row["holdout_top1"] = hold_scores[i]["top1"]
+        grid.append(row)
+    return {
+        "protocol": "linear",
+        "top1": val_scores[best]["top1"],
+        "top5": val_scores[best]["top5"],
+        "selected": {"features": fs, "lr": lr},
+        "selected_on": (f"holdout ({holdout_fraction:.0%} of train, seed {seed}); heads trained on the rest"
+                        if selection == "holdout" else "val (the reported split itself, as DINOv2 does)"),
+        "grid": grid,
+        "settings": {
+            "feature_sets": list(feature_sets), "lrs": list(lrs), "epochs": epochs, "batch_size": batch_size,
+            "optimizer": optimizer, "momentum": momentum if optimizer == "sgd" else None,
+            "weight_decay": weight_decay, "schedule": "cosine to 0, per step", "selection": selection,
+            "holdout_fraction": holdout_fraction if selection == "holdout" else None,
+            "standardize": standardize, "seed": seed, "num_classes": num_classes,
+            "num_train": int(len(y_fit)), "num_val": int(len(y_val)),
+            "train_augmentation": "none (features cached once, center crop)",
+        },
+    }
+
+
+def logreg_probe(
+    train: FeatureSet,
+    val: FeatureSet,
+    cs: Sequence[float] = LOGREG_CS,
+    feature_sets: Sequence[str] = ("last1",),
+    selection: str = "holdout",
+    holdout_fraction: float = 0.1,
+    max_iter: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """scikit-learn LogisticRegression (lbfgs, multinomial) on standardized features, C swept."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+    y_all = np.array(train.labels)  # copies: cached arrays are read-only memmaps
+    fit_idx, hold_idx = (split_holdout(len(y_all), holdout_fraction, seed) if selection == "holdout"
+                         else (np.arange(len(y_all)), None))
+    y_val = np.array(val.labels)
+    grid, fitted = [], []
+    for fs in feature_sets:
+        x_all = np.asarray(train.get(fs), dtype=np.float32)
+        scaler = StandardScaler().fit(x_all[fit_idx])
+        x_fit, x_val = scaler.transform(x_all[fit_idx]), scaler.transform(np.asarray(val.get(fs), dtype=np.float32))
+        x_hold = scaler.transform(x_all[hold_idx]) if hold_idx is not None else None
+        for c in tqdm(cs, desc=f"logreg C sweep ({fs})", unit="C"):
+            clf = LogisticRegression(C=c, max_iter=max_iter, random_state=seed).fit(x_fit, y_all[fit_idx])
+            row = {"features": fs, "C": c, **{f"val_{k}": v for k, v in _sk_topk(clf, x_val, y_val).items()}}
+            if x_hold is not None:
+                row["holdout_top1"] = _sk_topk(clf, x_hold, y_all[hold_idx])["top1"]
+            grid.append(row)
+            fitted.append(clf)
+    key = "holdout_top1" if hold_idx is not None else "val_top1"
+    best = _choose([r[key] for r in grid])
+    return {
+        "protocol": "logreg",
+        "top1": grid[best]["val_top1"],
+        "top5": grid[best]["val_top5"],
+        "selected": {"features": grid[best]["features"], "C": grid[best]["C"]},
+        "selected_on": (f"holdout ({holdout_fraction:.0%} of train, seed {seed})" if hold_idx is not None
+                        else "val (the reported split itself)"),
+        "grid": grid,
+        "settings": {
+            "cs": list(cs), "feature_sets": list(feature_sets), "solver": "lbfgs", "max_iter": max_iter,
+            "standardize": True, "selection": selection, "seed": seed,
+            "num_train": int(len(fit_idx)), "num_val": int(len(y_val)),
+        },
+    }
+
+
+def _sk_topk(clf, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    proba = torch.from_numpy(clf.predict_proba(x))
+    # predict_proba columns follow clf.classes_; map back to label ids before comparing
+    classes = torch.from_numpy(clf.classes_)
+    full = torch.full((len(y), int(max(classes.max(), y.max())) + 1), -1.0, dtype=proba.dtype)
+    full[:, classes] = proba
+    counts = topk_correct(full, torch.from_numpy(y).long())
+    return {"top1": 100.0 * counts[1] / len(y), "top5": 100.0 * counts[5] / len(y)}

@@ -1,0 +1,123 @@
+"""What the MMSegmentation and MMDetection adapters share: the frozen-backbone module they
+register, safe checkpoint loading, and Runner defaults.
+
+Only imported by ``mmseg_adapter.py`` / ``mmdet_adapter.py``; importing it needs mmengine.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+
+try:
+    from mmengine.model import BaseModule
+except ImportError as e:  # give the fix, not just the missing module
+    raise ImportError(
+        f"{e}. The mm engines need the OpenMMLab stack: run `bash scripts/install_mm.sh .venv/bin/python` "
+        "(or `make install-mm`), or use the pure-torch engine (--engine torch / torchvision)."
+    ) from e
+
+from evals.backbones.base import Backbone, BackboneSpec, build_backbone
+from evals.segmentation.linear_head import backbone_feature_maps
+
+INSTALL_HINT = "run `bash scripts/install_mm.sh .venv/bin/python` (or `make install-mm`)"
+
+
+class FrozenBackbone(BaseModule):
+    """A project :class:`Backbone` as an mm backbone: returns its last ``layers`` patch-token
+    maps as a list of (B, C, h, w), oldest first.
+
+    Frozen at build time (no gradients, eval mode forever), so optimizers and DDP in mm
+    runners never see trainable backbone parameters. Config: ``spec=dict(name=..., weights=...,
+    options=...)`` builds through the backbone registry; ``backbone=`` injects a built one.
+    """
+
+    def __init__(self, spec: Optional[dict] = None, backbone: Optional[Backbone] = None, layers: int = 1,
+                 init_cfg=None):
+        super().__init__(init_cfg)
+        if (spec is None) == (backbone is None):
+            raise ValueError("FrozenBackbone: give exactly one of spec=dict(name=..., weights=...) or backbone=")
+        self.backbone = backbone if backbone is not None else build_backbone(BackboneSpec(**spec))
+        self.backbone.freeze()
+        self.layers = layers
+
+    def init_weights(self) -> None:
+        # The weights are pretrained. mm's recursive init would otherwise call e.g. timm's own
+        # VisionTransformer.init_weights and silently re-initialise the backbone.
+        pass
+
+    def train(self, mode: bool = True) -> "FrozenBackbone":
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return backbone_feature_maps(self.backbone, x, self.layers)
+
+
+def register_module_once(registry, module: type) -> None:
+    if module.__name__ not in registry.module_dict:
+        registry.register_module(module=module)
+
+
+def allow_mmengine_checkpoints() -> None:
+    """Let ``torch.load(weights_only=True)`` (torch's default since 2.6) read checkpoints that
+    mmengine writes, by allow-listing the few plain classes they pickle, instead of turning
+    weights-only loading off for the whole process (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD)."""
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    numpy_core = getattr(np, "_core", None) or np.core  # renamed in numpy 2
+    dtypes = [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "uint8", "bool")]
+    # HistoryBuffer pickles its statistics methods as getattr(HistoryBuffer, 'mean') etc. The
+    # weights-only unpickler still only *calls* allow-listed callables, so getattr can only
+    # fetch attributes of objects that are themselves allowed.
+    torch.serialization.add_safe_globals([
+        HistoryBuffer, getattr, collections.OrderedDict, np.ndarray, np.dtype, *dtypes,
+        numpy_core.multiarray._reconstruct, numpy_core.multiarray.scalar,
+    ])
+
+
+@contextlib.contextmanager
+def work_dir_or_temp(work_dir: Optional[str]) -> Iterator[str]:
+    """The given work dir, or a temporary one removed afterwards."""
+    if work_dir:
+        os.makedirs(work_dir, exist_ok=True)
+        yield work_dir
+        return
+    tmp = tempfile.mkdtemp(prefix="tcjepa-mm-")
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def runner_defaults(work_dir: str, iters: int, seed: int, log_interval: int, save_checkpoint: bool) -> dict:
+    """Runner arguments every adapter uses: iteration-based logging, one final checkpoint."""
+    hooks = dict(
+        timer=dict(type="IterTimerHook"),
+        logger=dict(type="LoggerHook", interval=max(log_interval, 1), log_metric_by_epoch=False),
+        param_scheduler=dict(type="ParamSchedulerHook"),
+        sampler_seed=dict(type="DistSamplerSeedHook"),
+        checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=iters, max_keep_ckpts=1,
+                        save_last=True) if save_checkpoint else None,
+    )
+    return dict(
+        work_dir=work_dir,
+        default_hooks=hooks,
+        log_processor=dict(by_epoch=False),
+        randomness=dict(seed=seed),
+        env_cfg=dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork"), dist_cfg=dict(backend="nccl")),
+        launcher="none",
+    )
+
+
+def unique_experiment_name(task: str) -> str:
+    # mmengine keys its logger and visualizer singletons by experiment name; the default
+    # (a timestamp) collides when two runners start within a second in one process.
+    return f"{task}_{time.strftime('%Y%m%d_%H%M%S')}_{uuid.uuid4().hex[:6]}"

@@ -1,0 +1,330 @@
+"""Deterministic synthetic captioned scenes: the embedded pretraining and evaluation data.
+
+Each scene holds 1-4 objects (shape x colour x size x texture x position) on a muted,
+varied background, with exact instance masks, boxes, a scene label and K captions.
+
+Design choices, from the feasibility notes (REPRO_NOTES.md):
+- objects are 0.32-0.6 of the image wide, so each spans 3+ patches at 8 px / 64 px
+  and 16 px / 224 px;
+- the scene label is (shape of the one large object) x (1-2 vs 3-4 objects): it needs
+  shape and count, never colour, which random features already solve;
+- every caption describes a different subset or view of the objects (one object with its
+  position, a pair and their relation, the count of shapes, the background...), and every
+  object is named by some caption when K >= the number of objects, so a caption can tell
+  the predictor what a masked block holds. Captions always name shapes.
+
+A scene is a pure function of (seed, split, index): workers can render any subset in any
+order and the written files stay byte-identical.
+"""
+from __future__ import annotations
+
+import colorsys
+from dataclasses import dataclass, field
+
+import numpy as np
+
+SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring")
+PLURAL = {"circle": "circles", "square": "squares", "triangle": "triangles",
+          "diamond": "diamonds", "cross": "crosses", "ring": "rings"}
+COLOURS = {
+    "red": (215, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (45, 85, 225),
+    "yellow": (230, 205, 35),
+    "purple": (145, 60, 195),
+    "orange": (240, 125, 25),
+}
+TEXTURES = ("solid", "striped", "checkered")
+# Radius as a fraction of the image side. The large object is the scene's "main" object.
+SIZE_RADIUS = {"small": (0.16, 0.2), "large": (0.25, 0.3)}
+COUNT_GROUPS = {"few": (1, 2), "many": (3, 4)}
+SCENE_CLASSES = tuple(f"{shape}_{group}" for shape in SHAPES for group in COUNT_GROUPS)
+BACKGROUNDS = ("plain", "gradient", "patchy")
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five")
+SPLITS = {"train": 0, "val": 1}
+
+_MIN_VISIBLE = 0.6  # an occluded object keeps at least this share of its own pixels
+_MIN_GAP = 0.75  # centres at least this fraction of (r1 + r2) apart: small overlaps only
+
+
+@dataclass
+class SceneObject:
+    shape: str
+    colour: str
+    size: str  # small | large
+    texture: str
+    center: tuple[float, float]  # (x, y) in pixels
+    radius: float
+    position: str  # absolute position phrase, e.g. "in the top left"
+    bbox: tuple[int, int, int, int] = (0, 0, 0, 0)  # visible pixels, COCO (x, y, w, h)
+    area: int = 0  # visible pixels
+
+    def to_dict(self) -> dict:
+        return {"shape": self.shape, "colour": self.colour, "size": self.size,
+                "texture": self.texture, "position": self.position,
+                "center": [round(self.center[0], 2), round(self.center[1], 2)],
+                "radius": round(self.radius, 2), "bbox": list(self.bbox), "area": self.area}
+
+
+@dataclass
+class Scene:
+    image: np.ndarray  # (S, S, 3) uint8
+    instances: np.ndarray  # (S, S) uint8: 0 background, i + 1 = objects[i] (after occlusion)
+    objects: list[SceneObject]
+    label: int  # index into SCENE_CLASSES
+    background: str  # e.g. "dark patchy"
+    captions: list[str] = field(default_factory=list)
+    mentions: list[list[int]] = field(default_factory=list)  # object indices per caption
+
+    def instance_mask(self, i: int) -> np.ndarray:
+        return self.instances == i + 1
+
+    def semantic_map(self) -> np.ndarray:
+        """uint8 labels: 0 = background (ignore), 1..len(SHAPES) = shape of the visible object."""
+        lut = np.zeros(len(self.objects) + 1, dtype=np.uint8)
+        for i, obj in enumerate(self.objects):
+            lut[i + 1] = SHAPES.index(obj.shape) + 1
+        return lut[self.instances]
+
+    def to_record(self) -> dict:
+        return {"label": self.label, "class": SCENE_CLASSES[self.label],
+                "background": self.background,
+                "objects": [o.to_dict() for o in self.objects], "mentions": self.mentions}
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def _shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
+    """Inside-test on pixel-centre offsets from the object centre; extents stay within r."""
+    if shape == "circle":
+        return dx * dx + dy * dy <= r * r
+    if shape == "square":
+        return (np.abs(dx) <= 0.85 * r) & (np.abs(dy) <= 0.85 * r)
+    if shape == "diamond":
+        return np.abs(dx) + np.abs(dy) <= r
+    if shape == "triangle":  # apex up at -r, flat base at +0.75 r, half base width r
+        return (dy <= 0.75 * r) & (np.abs(dx) <= (dy + r) / 1.75)
+    if shape == "cross":
+        arm = 0.33 * r
+        return ((np.abs(dx) <= arm) & (np.abs(dy) <= r)) | ((np.abs(dy) <= arm) & (np.abs(dx) <= r))
+    if shape == "ring":
+        d2 = dx * dx + dy * dy
+        return (d2 <= r * r) & (d2 >= (0.55 * r) ** 2)
+    raise ValueError(f"unknown shape {shape!r}; known: {SHAPES}")
+
+
+def _texture_pattern(texture: str, xs: np.ndarray, ys: np.ndarray, period: int) -> np.ndarray:
+    if texture == "solid":
+        return np.zeros(np.broadcast_shapes(xs.shape, ys.shape), dtype=bool)
+    if texture == "striped":
+        return ((xs + ys) // period) % 2 == 1
+    if texture == "checkered":
+        return ((xs // period) + (ys // period)) % 2 == 1
+    raise ValueError(f"unknown texture {texture!r}; known: {TEXTURES}")
+
+
+def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, str]:
+    """Muted (low-saturation) backgrounds so the saturated objects always stand out."""
+    hue, sat, light = rng.random(), rng.uniform(0.0, 0.2), rng.uniform(0.15, 0.85)
+    base = np.array(colorsys.hsv_to_rgb(hue, sat, light), dtype=np.float32)
+    kind = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
+    if kind == "plain":
+        img = np.broadcast_to(base, (size, size, 3)).copy()
+    elif kind == "gradient":
+        other = np.array(colorsys.hsv_to_rgb(hue, sat, float(np.clip(light + rng.choice([-0.3, 0.3]), 0.05, 0.95))),
+                         dtype=np.float32)
+        angle = rng.uniform(0, 2 * np.pi)
+        coords = (np.arange(size, dtype=np.float32) + 0.5) / size - 0.5
+        t = np.cos(angle) * coords[None, :] + np.sin(angle) * coords[:, None]
+        t = (t - t.min()) / (t.max() - t.min())
+        img = base * (1 - t[..., None]) + other * t[..., None]
+    else:  # patchy: a coarse random grid of lightness offsets
+        cells = int(rng.integers(3, 9))
+        offsets = rng.normal(0.0, 0.08, (cells, cells)).astype(np.float32)
+        idx = np.arange(size) * cells // size
+        img = base + offsets[idx][:, idx][..., None]
+    # Luminance-only noise: a third of the random numbers of per-channel noise, same look.
+    img = img + 0.02 * rng.standard_normal((size, size, 1), dtype=np.float32)
+    tone = "dark" if light < 0.4 else "light" if light > 0.6 else "grey"
+    return img, f"{tone} {kind}"
+
+
+def _position_phrase(cx: float, cy: float, size: int) -> str:
+    col = 0 if cx < size / 3 else 2 if cx > 2 * size / 3 else 1
+    row = 0 if cy < size / 3 else 2 if cy > 2 * size / 3 else 1
+    return (("in the top left", "at the top", "in the top right"),
+            ("on the left", "in the center", "on the right"),
+            ("in the bottom left", "at the bottom", "in the bottom right"))[row][col]
+
+
+def _sample_objects(rng: np.random.Generator, size: int, label: int) -> list[SceneObject] | None:
+    main_shape = SHAPES[label // len(COUNT_GROUPS)]
+    lo, hi = list(COUNT_GROUPS.values())[label % len(COUNT_GROUPS)]
+    count = int(rng.integers(lo, hi + 1))
+    colours = list(COLOURS)
+    taken: set[tuple[str, str]] = set()
+    objects: list[SceneObject] = []
+    for i in range(count):
+        # The main (large) object is drawn last, i.e. on top: the label's shape is never hidden.
+        is_main = i == count - 1
+        shape = main_shape if is_main else SHAPES[rng.integers(len(SHAPES))]
+        colour = colours[rng.integers(len(colours))]
+        while (shape, colour) in taken:  # unique (shape, colour): captions can refer unambiguously
+            colour = colours[rng.integers(len(colours))]
+        taken.add((shape, colour))
+        size_word = "large" if is_main else "small"
+        radius = rng.uniform(*SIZE_RADIUS[size_word]) * size
+        for _ in range(50):
+            cx, cy = rng.uniform(radius, size - radius, 2)
+            if all((cx - o.center[0]) ** 2 + (cy - o.center[1]) ** 2 >= (_MIN_GAP * (radius + o.radius)) ** 2
+                   for o in objects):
+                break
+        else:
+            return None
+        objects.append(SceneObject(shape=shape, colour=colour, size=size_word,
+                                   texture=TEXTURES[rng.integers(len(TEXTURES))],
+                                   center=(float(cx), float(cy)), radius=float(radius),
+                                   position=_position_phrase(cx, cy, size)))
+    return objects
+
+
+def _paint(rng: np.random.Generator, img: np.ndarray, objects: list[SceneObject]) -> np.ndarray | None:
+    size = img.shape[0]
+    period = max(3, size // 16)
+    instances = np.zeros((size, size), dtype=np.uint8)
+    windows, full_area = [], []
+    for i, obj in enumerate(objects):
+        cx, cy = obj.center
+        x0, x1 = max(0, int(cx - obj.radius) - 1), min(size, int(cx + obj.radius) + 2)
+        y0, y1 = max(0, int(cy - obj.radius) - 1), min(size, int(cy + obj.radius) + 2)
+        xs, ys = np.arange(x0, x1), np.arange(y0, y1)
+        inside = _shape_mask(obj.shape, (xs + 0.5 - cx)[None, :], (ys + 0.5 - cy)[:, None], obj.radius)
+        colour = (np.array(COLOURS[obj.colour]) + rng.integers(-15, 16, 3)).astype(np.float32) / 255
+        shade = np.where(_texture_pattern(obj.texture, xs[None, :], ys[:, None], period), 0.55, 1.0)
+        img[y0:y1, x0:x1][inside] = (shade[..., None] * colour)[inside]
+        instances[y0:y1, x0:x1][inside] = i + 1
+        windows.append((x0, x1, y0, y1))
+        full_area.append(int(inside.sum()))
+    for i, (obj, (x0, x1, y0, y1)) in enumerate(zip(objects, windows)):
+        visible = instances[y0:y1, x0:x1] == i + 1  # an object never leaves its own window
+        obj.area = int(visible.sum())
+        if obj.area < _MIN_VISIBLE * full_area[i]:
+            return None
+        cols, rows = np.flatnonzero(visible.any(0)), np.flatnonzero(visible.any(1))
+        obj.bbox = (x0 + int(cols[0]), y0 + int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1))
+    return instances
+
+
+# ----------------------------------------------------------------------------- captions
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _phrase(obj: SceneObject, size: bool = False, texture: bool = False, colour: bool = True) -> str:
+    words = [obj.size] if size else []
+    if texture and obj.texture != "solid":
+        words.append(obj.texture)
+    if colour:
+        words.append(obj.colour)
+    words.append(obj.shape)
+    return f"{_article(words[0])} {' '.join(words)}"
+
+
+def _relation(a: SceneObject, b: SceneObject) -> str:
+    dx, dy = b.center[0] - a.center[0], b.center[1] - a.center[1]
+    if abs(dx) >= abs(dy):
+        return "to the left of" if dx > 0 else "to the right of"
+    return "above" if dy > 0 else "below"
+
+
+def _count_phrase(objects: list[SceneObject]) -> str:
+    counts: dict[str, int] = {}
+    for o in objects:
+        counts[o.shape] = counts.get(o.shape, 0) + 1
+    parts = [f"{_article(s)} {s}" if c == 1 else f"{NUMBER_WORDS[c]} {PLURAL[s]}" for s, c in counts.items()]
+    listing = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    n = len(objects)
+    return f"{NUMBER_WORDS[n]} {'shape' if n == 1 else 'shapes'}: {listing}"
+
+
+def _single_views(obj: SceneObject, background: str) -> list[str]:
+    full, plain, pos = _phrase(obj, size=True, texture=True), _phrase(obj), obj.position
+    return [
+        f"{full} {pos}.",
+        f"{pos}, there is {plain}.",
+        f"{plain} {pos}.",
+        f"{pos}: {full}.",
+        f"an image of {full}.",
+        f"{_phrase(obj, size=True)} on {_article(background)} {background} background.",
+        f"{_phrase(obj, texture=True, colour=False)} {pos}.",
+        f"{_phrase(obj, size=True, colour=False)} {pos}.",
+    ]
+
+
+def _pair_views(a: SceneObject, b: SceneObject) -> list[str]:
+    views = [
+        f"{_phrase(a)} {_relation(a, b)} {_phrase(b)}.",
+        f"{_phrase(a, size=True, texture=True)} and {_phrase(b, size=True, texture=True)}.",
+        # Same shape twice: name the colours, or the caption says nothing.
+        f"the {a.shape} {_relation(a, b)} the {b.shape}." if a.shape != b.shape
+        else f"the {a.colour} {a.shape} {_relation(a, b)} the {b.colour} {b.shape}.",
+    ]
+    if a.size != b.size:
+        big, small = (a, b) if a.size == "large" else (b, a)
+        views.append(f"the {big.colour} {big.shape} is larger than the {small.colour} {small.shape}.")
+    return views
+
+
+def write_captions(rng: np.random.Generator, scene: Scene, num_captions: int) -> None:
+    """K captions, each on a different object (or pair) in turn, no two alike when possible."""
+    objs, n = scene.objects, len(scene.objects)
+    count_view = (f"{_count_phrase(objs)}.", list(range(n)))
+    singles = [[(t, [i]) for t in _single_views(o, scene.background)] for i, o in enumerate(objs)]
+    order = rng.permutation(n)
+    used: set[str] = set()
+    for k in range(num_captions):
+        focus = int(order[k % n])
+        options = list(singles[focus])
+        if n > 1:
+            partner = int(order[(k + 1) % n])
+            options += [(t, [focus, partner]) for t in _pair_views(objs[focus], objs[partner])]
+        options.append(count_view)
+        options = [options[j] for j in rng.permutation(len(options))]
+        text, mentioned = next((o for o in options if o[0] not in used), options[0])
+        used.add(text)
+        scene.captions.append(text[0].upper() + text[1:])
+        scene.mentions.append(sorted(mentioned))
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def scene_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+    return np.random.default_rng([seed, SPLITS[split], index])
+
+
+def generate_scene(seed: int, split: str, index: int, image_size: int = 64, num_captions: int = 8) -> Scene:
+    """The scene ``index`` of ``split``; a pure function of its arguments."""
+    if image_size < 32:
+        raise ValueError(f"image_size must be >= 32 px for objects to stay recognisable, got {image_size}")
+    if num_captions < 1:
+        raise ValueError(f"num_captions must be >= 1, got {num_captions}")
+    rng = scene_rng(seed, split, index)
+    label = int(rng.integers(len(SCENE_CLASSES)))
+    while True:  # rejection: placements with too much overlap are redrawn
+        img, background = _background(rng, image_size)
+        objects = _sample_objects(rng, image_size, label)
+        if objects is None:
+            continue
+        instances = _paint(rng, img, objects)
+        if instances is not None:
+            break
+    image = np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
+    scene = Scene(image=image, instances=instances, objects=objects, label=label, background=background)
+    write_captions(rng, scene, num_captions)
+    return scene

@@ -1,0 +1,66 @@
+"""tcjepa-eval: user errors exit 2 with one line; linear and tables run end to end."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from global_helpers import make_imagenet_tree, save_ijepa_pth_tar
+
+from evals.cli import main
+
+
+def one_line_error(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tcjepa-eval: error:") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_user_errors_exit_2_with_one_line(tmp_path, capsys):
+    make_imagenet_tree(tmp_path / "in")
+    assert "unknown backbone" in one_line_error(capsys, ["linear", "--backbone", "mae", "--weights", "x", "--data", str(tmp_path / "in")])
+    assert "no such file" in one_line_error(capsys, ["linear", "--ckpt", str(tmp_path / "nope.pt"), "--data", str(tmp_path / "in")])
+    save_ijepa_pth_tar(tmp_path / "w.pth.tar")
+    ckpt = torch.load(tmp_path / "w.pth.tar", weights_only=True)
+    ckpt["target_encoder"]["module.extra.weight"] = torch.zeros(1)
+    torch.save(ckpt, tmp_path / "bad.pth.tar")
+    err = one_line_error(capsys, ["linear", "--backbone", "ijepa", "--weights", str(tmp_path / "bad.pth.tar"),
+                                  "--data", str(tmp_path / "in")])
+    assert "extra.weight" in err
+    assert "train/<class>" in one_line_error(capsys, ["linear", "--backbone", "ijepa", "--weights",
+                                                      str(tmp_path / "w.pth.tar"), "--data", str(tmp_path)])
+    assert "--ckpt" in one_line_error(capsys, ["linear", "--data", str(tmp_path / "in")])
+    assert "no such folder" in one_line_error(capsys, ["tables", "--out", str(tmp_path / "t"), "--runs", str(tmp_path / "none")])
+
+
+def test_backbones_lists_registry(capsys):
+    assert main(["backbones"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in ("tcjepa", "ijepa", "dinov2", "siglip2"))
+
+
+def test_linear_end_to_end_writes_run_json(tmp_path, capsys):
+    root = make_imagenet_tree(tmp_path / "in", per_class=(10, 4))
+    save_ijepa_pth_tar(tmp_path / "w.pth.tar", depth=4)
+    argv = ["linear", "--backbone", "ijepa", "--weights", str(tmp_path / "w.pth.tar"), "--data", str(root),
+            "--device", "cpu", "--workers", "0", "--epochs", "2", "--lrs", "0.01", "0.1", "--protocol", "both",
+            "--out", str(tmp_path / "runs"), "--pretraining-data", "scenes"]
+    assert main(argv) == 0
+    runs = sorted((tmp_path / "runs").glob("*.json"))
+    assert len(runs) == 2
+    record = json.loads(runs[0].read_text())
+    assert record["method"] == "I-JEPA" and record["pretraining_data"] == "scenes" and record["metric"] == "top1"
+    assert record["protocol"]["backbone"]["image_size"] == 32 and "selected" in record["protocol"]
+    assert main(["tables", "--out", str(tmp_path / "tables"), "--runs", str(tmp_path / "runs")]) == 0
+    assert (tmp_path / "tables" / "table1_in1k_linear_by_size.md").exists()
+
+
+def test_dense_protocol_results_become_metrics_and_settings():
+    from evals.cli import split_protocol_result
+
+    metrics, primary, settings = split_protocol_result(
+        {"mIoU": 41.5, "aAcc": 80.0, "protocol": {"crop_size": 512}}, ("mIoU", "aAcc"))
+    assert metrics == {"mIoU": 41.5, "aAcc": 80.0} and primary == "mIoU" and settings["protocol"]["crop_size"] == 512
+    metrics, primary, _ = split_protocol_result({"metrics": {"bbox_mAP": 0.4}, "task": "coco_det"}, ("box_AP", "bbox_mAP"))
+    assert primary == "bbox_mAP"
