@@ -27,7 +27,7 @@ $(MM_STAMP): $(STAMP) scripts/install_mm.sh
 install-mm: $(MM_STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m tcjepa.demo $(DEMO_ARGS)
+	$(BIN)/python -m evals.demo $(DEMO_ARGS)
 
 test: $(STAMP) $(MM_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -1,0 +1,340 @@
+"""The main job end to end on the embedded captioned scenes (``make demo``).
+
+1. generate the scenes (captions.jsonl + ImageNet / ADE20k / COCO layouts) and the text cache;
+2. pretrain I-JEPA and TC-JEPA with the same encoder, budget and seed (plus, as controls,
+   an untrained encoder and TC-JEPA trained on captions shuffled across images);
+3. evaluate every encoder with the same protocols: linear probe on the scene labels,
+   ADE20k-style linear segmentation, COCO-style detection;
+4. write ``results/demo/``: comparison CSV + markdown (mean and spread over seeds), training
+   curves and patch-word grounding maps.
+
+    python -m evals.demo             # about 30 min on 2 CPU cores
+    python -m evals.demo --quick     # smoke run, a few minutes
+    python -m evals.demo --backbone dinov2=/path/to/dinov2-small   # add any backbone to the table
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = {
+    "I-JEPA": REPO / "configs/cpu/scenes_ijepa.yaml",
+    "TC-JEPA": REPO / "configs/cpu/scenes_tcjepa.yaml",
+}
+SHUFFLED = "TC-JEPA (shuffled captions)"
+UNTRAINED = "untrained"
+
+
+@dataclass
+class DemoPlan:
+    train_images: int = 4000
+    val_images: int = 500
+    captions_per_image: int = 6
+    image_size: int = 64
+    train_steps: int = 600
+    batch_size: int = 64
+    linear_epochs: int = 30
+    seg_iters: int = 300
+    det_iters: int = 150
+    det_train_images: int = 400
+    det_val_images: int = 100
+    seeds: list[int] = field(default_factory=lambda: [0])
+    controls: bool = True  # untrained encoder + shuffled-caption TC-JEPA
+
+
+QUICK = DemoPlan(train_images=640, val_images=96, train_steps=40, linear_epochs=10, seg_iters=40, det_iters=10,
+                 det_train_images=32, det_val_images=16, controls=False)
+
+
+def log(msg: str) -> None:
+    print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def ensure_scenes(data: Path, plan: DemoPlan) -> None:
+    from tcjepa.data.layouts import write_scene_dataset
+
+    stamp = data / "demo_plan.json"
+    want = {k: getattr(plan, k) for k in ("train_images", "val_images", "captions_per_image", "image_size")}
+    if stamp.exists() and json.loads(stamp.read_text()) == want:
+        log(f"scenes already in {data}")
+        return
+    if data.exists():
+        shutil.rmtree(data)
+    log(f"generating {plan.train_images} + {plan.val_images} captioned scenes in {data}")
+    write_scene_dataset(data, train=plan.train_images, val=plan.val_images,
+                        captions_per_image=plan.captions_per_image, image_size=plan.image_size, seed=0)
+    stamp.write_text(json.dumps(want))
+
+
+def write_shuffled_captions(data: Path) -> str:
+    """The control: every image gets the captions of another image (a fixed derangement)."""
+    from tcjepa.data.captions import read_captions_jsonl
+
+    name = "captions_shuffled.jsonl"
+    records = read_captions_jsonl(data / "captions.jsonl")
+    perm = np.random.default_rng(0).permutation(len(records))
+    perm = np.where(perm == np.arange(len(records)), (perm + 1) % len(records), perm)
+    lines = [json.dumps({"image": r.image, "captions": list(records[j].captions)}) for r, j in zip(records, perm)]
+    (data / name).write_text("\n".join(lines) + "\n")
+    return name
+
+
+def ensure_text_cache(data: Path, captions_file: str, cfg) -> Path:
+    from tcjepa.data.captions import read_captions_jsonl
+    from tcjepa.text.cache import TextFeatureCache, build_text_cache
+    from tcjepa.text.encoder import FrozenTextEncoder
+
+    out = data / "text_cache" / Path(captions_file).stem
+    captions = [c for r in read_captions_jsonl(data / captions_file) for c in r.captions]
+    try:
+        TextFeatureCache(out).check_captions(captions)
+        return out
+    except (OSError, ValueError):
+        pass  # missing, incomplete (the build resumes) or stale (rebuilt below)
+    log(f"encoding {len(captions)} captions of {captions_file} with the frozen text encoder")
+    encoder = FrozenTextEncoder(cfg.text.encoder, max_words=cfg.text.max_words)
+    build_text_cache(captions, out, encoder)
+    return out
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train_config(method: str, data: Path, run_dir: Path, plan: DemoPlan, seed: int, text_cache: Optional[Path],
+                 captions_file: str = "captions.jsonl"):
+    from tcjepa.config import load_config
+
+    base = CONFIGS["I-JEPA" if method == "I-JEPA" else "TC-JEPA"]
+    overrides = [
+        f"data.root={data}", f"data.captions_file={captions_file}", f"train.out_dir={run_dir}",
+        f"train.seed={seed}", f"optim.max_steps={plan.train_steps}", f"optim.batch_size={plan.batch_size}",
+        f"data.image_size={plan.image_size}", f"data.num_captions={plan.captions_per_image}",
+        "train.tensorboard=false",
+    ]
+    if text_cache is not None:
+        overrides.append(f"data.text_cache={text_cache}")
+    return load_config(base, overrides)
+
+
+def pretrain(method: str, cfg) -> Path:
+    """Train (or resume) one encoder; returns its final checkpoint."""
+    from tcjepa.train.checkpoint import find_resume_checkpoint, load_checkpoint
+    from tcjepa.train.loop import train
+
+    done = find_resume_checkpoint(cfg.train.out_dir)
+    if done is not None and load_checkpoint(done)["step"] >= cfg.optim.max_steps:
+        log(f"{method}: already trained ({done})")
+        return done
+    log(f"{method}: pretraining {cfg.optim.max_steps} steps -> {cfg.train.out_dir}")
+    summary = train(cfg)
+    return Path(summary.last_checkpoint)
+
+
+def untrained_checkpoint(cfg, path: Path) -> Path:
+    """The same architecture at initialisation (same seed), saved like a training checkpoint."""
+    import torch
+
+    from tcjepa.models.jepa import JEPA
+    from tcjepa.train.checkpoint import save_checkpoint
+
+    torch.manual_seed(cfg.train.seed)
+    model = JEPA(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, {"target_encoder": model.target_encoder.state_dict(), "encoder": model.encoder.state_dict(),
+                           "config": cfg.to_dict(), "step": 0, "epoch": 0})
+    return path
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def evaluate(backbone_args: list[str], method: str, data: Path, runs: Path, plan: DemoPlan, seed: int) -> None:
+    from evals.cli import main as eval_main
+
+    common = [*backbone_args, "--method", method, "--pretraining-data", "synthetic scenes",
+              "--device", "cpu", "--out", str(runs)]
+    tasks = {
+        "linear": ["--data", str(data / "imagenet"), "--epochs", str(plan.linear_epochs), "--workers", "0",
+                   "--seed", str(seed), "--cache-dir", str(runs / "features")],
+        "ade20k": ["--data", str(data / "ADEChallengeData2016"), "--engine", "torch",
+                   "--iters", str(plan.seg_iters), "--warmup-iters", str(plan.seg_iters // 10),
+                   "--crop-size", str(plan.image_size), "--batch-size", "16", "--seed", str(seed)],
+        "coco": ["--data", str(data / "coco"), "--engine", "torchvision", "--max-iters", str(plan.det_iters),
+                 "--warmup-iters", str(max(1, plan.det_iters // 10)), "--min-size", str(plan.image_size * 2),
+                 "--max-size", str(plan.image_size * 2), "--batch-size", "4",
+                 "--max-train-images", str(plan.det_train_images), "--max-val-images", str(plan.det_val_images),
+                 "--seed", str(seed)],
+    }
+    for task, args in tasks.items():
+        log(f"{method} (seed {seed}): {task}")
+        code = eval_main([task, *common, *args])
+        if code != 0:
+            raise RuntimeError(f"tcjepa-eval {task} failed for {method} (exit {code})")
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def summarize(runs: Path, out: Path, command: str) -> Path:
+    import pandas as pd
+
+    from evals.results import read_runs
+    from evals.tables import to_markdown
+
+    rows = []
+    for seed_dir in sorted(runs.glob("seed*")):
+        for r in read_runs(seed_dir):
+            for name, value in r["metrics"].items():
+                rows.append({"method": r["method"], "task": r["task"], "metric": name, "value": value,
+                             "seed": int(seed_dir.name[4:]), "git_commit": r["git_commit"],
+                             "hardware": r["hardware"]})
+    df = pd.DataFrame(rows)
+    keep = {("in1k_linear", "top1"), ("ade20k_linear", "mIoU"), ("coco_det", "box_AP"), ("coco_det", "mask_AP"),
+            ("ade20k_linear", "aAcc")}
+    df = df[[(t, m) in keep for t, m in zip(df.task, df.metric)]]
+    stats = df.groupby(["method", "task", "metric"])["value"].agg(["mean", "std", "count"]).reset_index()
+    stats["std"] = stats["std"].fillna(0.0)
+    stats["source"] = "measured"
+    stats["command"] = command
+    stats["git_commit"] = df["git_commit"].iloc[0] if len(df) else None
+    stats["hardware"] = df["hardware"].iloc[0] if len(df) else None
+    out.mkdir(parents=True, exist_ok=True)
+    csv = out / "comparison.csv"
+    stats.to_csv(csv, index=False)
+    wide = stats.assign(cell=[f"{m:.2f} ± {s:.2f} (n={int(c)})" for m, s, c in zip(stats["mean"], stats["std"],
+                                                                                     stats["count"])])
+    wide = wide.pivot_table(index="method", columns=["task", "metric"], values="cell", aggfunc="first")
+    wide.columns = [f"{t} {m}" for t, m in wide.columns]
+    note = (f"Mean ± std over pretraining seeds (n = seeds). Measured by `{command}` at commit "
+            f"{stats['git_commit'].iloc[0]} on {stats['hardware'].iloc[0]}.\n\n") if len(stats) else ""
+    (out / "comparison.md").write_text(
+        to_markdown(wide.reset_index(), "Demo: frozen encoders on the synthetic captioned scenes")
+        .replace("\n\n", "\n\n" + note, 1)
+    )
+    return csv
+
+
+def draw_pictures(run_dirs: dict[str, Path], tcjepa_cfg, tcjepa_ckpt: Path, out: Path, text_cache: Path) -> None:
+    import torch
+
+    from tcjepa.data.loader import build_pretrain_loader
+    from tcjepa.models.jepa import JEPA
+    from tcjepa.text.cache import TextFeatureCache
+    from tcjepa.text.encoder import FrozenTextEncoder
+    from tcjepa.train.checkpoint import load_checkpoint
+    from tcjepa.viz import plot_grounding_maps, plot_training_curves
+
+    plot_training_curves(run_dirs, out / "training_curves.png")
+    state = load_checkpoint(tcjepa_ckpt)
+    model = JEPA(tcjepa_cfg)
+    model.encoder.load_state_dict(state["encoder"])
+    model.target_encoder.load_state_dict(state["target_encoder"])
+    model.predictor.load_state_dict(state["predictor"])
+    cache = TextFeatureCache(text_cache)
+    loader, _, dataset = build_pretrain_loader(tcjepa_cfg, model.grid_size, text_lookup=cache.lookup, batch_size=8)
+    batch = loader.collate_fn([dataset[(i, 0)] for i in range(4)])
+    batch["text"] = batch["text"].float()
+    tokenizer = FrozenTextEncoder(tcjepa_cfg.text.encoder, max_words=tcjepa_cfg.text.max_words).tokenizer
+    tokens = [tokenizer.convert_ids_to_tokens(tokenizer(c[0], truncation=True,
+                                                        max_length=tcjepa_cfg.text.max_words)["input_ids"])
+              for c in batch["captions"]]
+    with torch.no_grad():
+        plot_grounding_maps(model, batch, tokens, out / "grounding_maps.png")
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def run_demo(plan: DemoPlan, data: Path, work: Path, out: Path, extra_backbones: list[tuple[str, str]],
+             command: str = "python -m evals.demo") -> Path:
+    t0 = time.time()
+    ensure_scenes(data, plan)
+    runs = work / "eval_runs"
+    if runs.exists():
+        shutil.rmtree(runs)  # the table reflects this invocation only
+    tc_cfg0 = train_config("TC-JEPA", data, work, plan, 0, None)
+    cache = ensure_text_cache(data, "captions.jsonl", tc_cfg0)
+    shuffled_cache = None
+    if plan.controls:
+        shuffled_name = write_shuffled_captions(data)
+        shuffled_cache = ensure_text_cache(data, shuffled_name, tc_cfg0)
+
+    run_dirs, last_tc = {}, None
+    for seed in plan.seeds:
+        trained = {
+            "I-JEPA": train_config("I-JEPA", data, work / f"ijepa-s{seed}", plan, seed, None),
+            "TC-JEPA": train_config("TC-JEPA", data, work / f"tcjepa-s{seed}", plan, seed, cache),
+        }
+        if plan.controls:
+            trained[SHUFFLED] = train_config(SHUFFLED, data, work / f"tcjepa-shuffled-s{seed}", plan, seed,
+                                             shuffled_cache, captions_file="captions_shuffled.jsonl")
+        for method, cfg in trained.items():
+            ckpt = pretrain(method, cfg)
+            run_dirs[f"{method} s{seed}"] = Path(cfg.train.out_dir)
+            evaluate(["--ckpt", str(ckpt)], method, data, runs / f"seed{seed}", plan, seed)
+            if method == "TC-JEPA":
+                last_tc = (cfg, ckpt)
+        if plan.controls:
+            ckpt = untrained_checkpoint(trained["I-JEPA"], work / f"untrained-s{seed}" / "init.pt")
+            evaluate(["--ckpt", str(ckpt)], UNTRAINED, data, runs / f"seed{seed}", plan, seed)
+    for name, weights in extra_backbones:
+        evaluate(["--backbone", name, "--weights", weights, "--image-size", str(plan.image_size)],
+                 name, data, runs / f"seed{plan.seeds[0]}", plan, plan.seeds[0])
+
+    csv = summarize(runs, out, command)
+    draw_pictures({k: v for k, v in run_dirs.items()}, last_tc[0], last_tc[1], out, cache)
+    (out / "plan.json").write_text(json.dumps(asdict(plan), indent=1))
+    log(f"done in {(time.time() - t0) / 60:.1f} min: {csv}, {out / 'comparison.md'}, "
+        f"{out / 'training_curves.png'}, {out / 'grounding_maps.png'}")
+    print((out / "comparison.md").read_text())
+    return csv
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m evals.demo", description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="smoke run: small data, few steps, no controls")
+    p.add_argument("--seeds", type=int, nargs="+", help="pretraining seeds (default: 0)")
+    p.add_argument("--steps", type=int, help="pretraining steps per encoder")
+    p.add_argument("--data", type=Path, help="scenes folder (default: data/scenes or data/scenes-quick)")
+    p.add_argument("--work", type=Path, help="runs folder (default: runs/demo or runs/demo-quick)")
+    p.add_argument("--out", type=Path, help="results folder (default: results/demo or results/demo-quick)")
+    p.add_argument("--backbone", action="append", default=[], metavar="NAME=WEIGHTS",
+                   help="also evaluate a registered backbone (dinov2, siglip2, ijepa, ...) from local weights")
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    plan = QUICK if args.quick else DemoPlan()
+    if args.seeds:
+        plan.seeds = args.seeds
+    if args.steps:
+        plan.train_steps = args.steps
+    suffix = "-quick" if args.quick else ""
+    extra = []
+    for item in args.backbone:
+        if "=" not in item:
+            print(f"error: --backbone {item!r}: expected NAME=WEIGHTS", file=sys.stderr)
+            return 2
+        extra.append(tuple(item.split("=", 1)))
+    run_demo(plan, args.data or REPO / f"data/scenes{suffix}", args.work or REPO / f"runs/demo{suffix}",
+             args.out or REPO / f"results/demo{suffix}", extra,
+             command=" ".join(["python -m evals.demo", *(argv if argv is not None else sys.argv[1:])]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
