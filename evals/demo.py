@@ -201,8 +201,8 @@ def summarize(runs: Path, out: Path, command: str) -> Path:
                              "seed": int(seed_dir.name[4:]), "git_commit": r["git_commit"],
                              "hardware": r["hardware"]})
     df = pd.DataFrame(rows)
-    keep = {("in1k_linear", "top1"), ("ade20k_linear", "mIoU"), ("coco_det", "box_AP"), ("coco_det", "mask_AP"),
-            ("ade20k_linear", "aAcc")}
+    keep = {("in1k_linear", "top1"), ("ade20k_linear", "mIoU"), ("ade20k_linear", "aAcc"),
+            ("coco_det", "bbox_AP"), ("coco_det", "bbox_AP50"), ("coco_det", "segm_AP")}
     df = df[[(t, m) in keep for t, m in zip(df.task, df.metric)]]
     stats = df.groupby(["method", "task", "metric"])["value"].agg(["mean", "std", "count"]).reset_index()
     stats["std"] = stats["std"].fillna(0.0)

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from evals.backbones.base import UserError
+
 IGNORE_INDEX = 255
 SPLIT_ALIASES = {"train": "training", "training": "training", "val": "validation", "validation": "validation"}
 CLASSES_FILE = "classes.json"
@@ -56,7 +58,7 @@ def find_ade20k_root(root: str | Path) -> Path:
     for candidate in (root, root / "ADEChallengeData2016"):
         if (candidate / "images").is_dir() and (candidate / "annotations").is_dir():
             return candidate
-    raise FileNotFoundError(
+    raise UserError(
         f"evals/datasets/ade20k.py: {root} is not an ADE20k tree. Expected "
         f"{root}/ADEChallengeData2016/images/{{training,validation}}/*.jpg and "
         f"{root}/ADEChallengeData2016/annotations/{{training,validation}}/*.png "
@@ -73,12 +75,12 @@ def read_class_names(data_root: Path) -> tuple[str, ...]:
     if isinstance(names, dict):
         names = names.get("classes")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise ValueError(
+        raise UserError(
             f"evals/datasets/ade20k.py: {path} must hold a non-empty list of class names or "
             '{"classes": [...]}; delete it to use the 150 ADE20k names.'
         )
     if len(names) >= IGNORE_INDEX:
-        raise ValueError(f"{path}: {len(names)} classes do not fit uint8 labels with ignore index 255")
+        raise UserError(f"{path}: {len(names)} classes do not fit uint8 labels with ignore index 255")
     return tuple(names)
 
 
@@ -100,7 +102,7 @@ class ADE20kSegmentation(torch.utils.data.Dataset):
         max_images: Optional[int] = None,
     ):
         if split not in SPLIT_ALIASES:
-            raise ValueError(f"split must be one of {sorted(SPLIT_ALIASES)}, got {split!r}")
+            raise UserError(f"split must be one of {sorted(SPLIT_ALIASES)}, got {split!r}")
         self.split = SPLIT_ALIASES[split]
         self.data_root = find_ade20k_root(root)
         self.reduce_zero_label = reduce_zero_label
@@ -109,16 +111,16 @@ class ADE20kSegmentation(torch.utils.data.Dataset):
         self.ann_dir = self.data_root / "annotations" / self.split
         for folder in (self.img_dir, self.ann_dir):
             if not folder.is_dir():
-                raise FileNotFoundError(
+                raise UserError(
                     f"evals/datasets/ade20k.py: missing {folder}; an ADE20k tree needs "
                     "images/{training,validation} and annotations/{training,validation}."
                 )
         images = sorted(p for p in self.img_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not images:
-            raise FileNotFoundError(f"evals/datasets/ade20k.py: no .jpg/.png images in {self.img_dir}")
+            raise UserError(f"evals/datasets/ade20k.py: no .jpg/.png images in {self.img_dir}")
         missing = [p.name for p in images if not (self.ann_dir / f"{p.stem}.png").exists()]
         if missing:
-            raise FileNotFoundError(
+            raise UserError(
                 f"evals/datasets/ade20k.py: {len(missing)} images in {self.img_dir} have no label "
                 f"PNG of the same stem in {self.ann_dir}, e.g. {missing[:3]}"
             )
@@ -138,9 +140,9 @@ class ADE20kSegmentation(torch.utils.data.Dataset):
         image = np.asarray(Image.open(self.images[index]).convert("RGB"))
         label = np.asarray(Image.open(self.label_path(index)))
         if label.ndim != 2:
-            raise ValueError(f"{self.label_path(index)}: labels must be single-channel PNGs, got shape {label.shape}")
+            raise UserError(f"{self.label_path(index)}: labels must be single-channel PNGs, got shape {label.shape}")
         if label.shape != image.shape[:2]:
-            raise ValueError(
+            raise UserError(
                 f"{self.label_path(index)}: label size {label.shape} differs from image size {image.shape[:2]}"
             )
         label = reduce_zero_label(label) if self.reduce_zero_label else label.astype(np.int64)

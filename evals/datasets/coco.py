@@ -21,19 +21,21 @@ import numpy as np
 import torch
 from PIL import Image
 
+from evals.backbones.base import UserError
+
 SPLIT_ALIASES = {"train": "train2017", "train2017": "train2017", "val": "val2017", "val2017": "val2017"}
 
 
 def coco_paths(root: str | Path, split: str) -> tuple[Path, Path]:
     """(annotation json, image folder) of one split, with an error naming the expected layout."""
     if split not in SPLIT_ALIASES:
-        raise ValueError(f"split must be one of {sorted(SPLIT_ALIASES)}, got {split!r}")
+        raise UserError(f"split must be one of {sorted(SPLIT_ALIASES)}, got {split!r}")
     root = Path(root).expanduser()
     name = SPLIT_ALIASES[split]
     ann_file = root / "annotations" / f"instances_{name}.json"
     img_dir = root / name
     if not ann_file.is_file() or not img_dir.is_dir():
-        raise FileNotFoundError(
+        raise UserError(
             f"evals/datasets/coco.py: {root} is not a COCO tree for split {name!r}. Expected "
             f"{ann_file} and the images in {img_dir}/. Pass --data the folder that holds "
             "annotations/ and train2017/ val2017/, or generate a synthetic tree with tcjepa-data."
@@ -61,7 +63,7 @@ class COCOInstances(torch.utils.data.Dataset):
         self.coco = load_coco_api(self.ann_file)
         self.category_ids = sorted(self.coco.getCatIds())
         if not self.category_ids:
-            raise ValueError(f"evals/datasets/coco.py: {self.ann_file} defines no categories")
+            raise UserError(f"evals/datasets/coco.py: {self.ann_file} defines no categories")
         self.classes = tuple(self.coco.cats[c]["name"] for c in self.category_ids)
         self.label_of_category = {c: i for i, c in enumerate(self.category_ids)}
         ids = sorted(self.coco.getImgIds())
@@ -69,7 +71,7 @@ class COCOInstances(torch.utils.data.Dataset):
             ids = [i for i in ids if any(not a.get("iscrowd", 0) for a in self.coco.imgToAnns[i])]
         self.image_ids = ids[:max_images] if max_images else ids
         if not self.image_ids:
-            raise ValueError(f"evals/datasets/coco.py: no images listed in {self.ann_file}")
+            raise UserError(f"evals/datasets/coco.py: no images listed in {self.ann_file}")
 
     @property
     def num_classes(self) -> int:
@@ -85,7 +87,7 @@ class COCOInstances(torch.utils.data.Dataset):
         image_id = self.image_ids[index]
         path = self.image_path(index)
         if not path.exists():
-            raise FileNotFoundError(f"evals/datasets/coco.py: {self.ann_file} lists {path}, which does not exist")
+            raise UserError(f"evals/datasets/coco.py: {self.ann_file} lists {path}, which does not exist")
         image = np.asarray(Image.open(path).convert("RGB"))
         h, w = image.shape[:2]
         boxes, labels, masks, crowd = [], [], [], []

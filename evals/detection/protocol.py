@@ -13,7 +13,9 @@ import argparse
 import json
 from pathlib import Path
 
-from evals.backbones.base import Backbone
+import torch
+
+from evals.backbones.base import Backbone, UserError
 from evals.datasets.coco import COCOInstances
 from evals.detection.torchvision_engine import DetectionSettings, run_torchvision_detection
 
@@ -36,13 +38,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--min-size", type=int, default=800, help="short side of resized images (default: 800)")
     g.add_argument("--max-size", type=int, default=1333, help="cap on the long side (default: 1333)")
     g.add_argument("--pyramid-channels", type=int, default=256, help="channels of the feature pyramid (default: 256)")
+    g.add_argument("--detections-per-image", type=int, default=100,
+                   help="detections kept per image, COCO's maxDets (default: 100)")
     g.add_argument("--max-train-images", type=int, default=None, help="use only the first N training images")
     g.add_argument("--max-val-images", type=int, default=None, help="use only the first N validation images")
-    g.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="torch device (default: %(default)s)")
     g.add_argument("--num-workers", type=int, default=0, help="data-loading workers (default: 0)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     g.add_argument("--out", default=None,
-                   help="folder for this run's logs, checkpoints (mmdet) and metrics.json "
+                   help="folder for this run's coco_det_metrics.json and, under mmdet/, the mmdet logs and checkpoint "
                         "(default: mmdet uses a temporary folder; nothing is written by torchvision)")
 
 
@@ -50,7 +55,8 @@ def settings_from_args(args: argparse.Namespace) -> DetectionSettings:
     return DetectionSettings(
         epochs=args.epochs, max_iters=args.max_iters, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, warmup_iters=args.warmup_iters, min_size=args.min_size,
-        max_size=args.max_size, pyramid_channels=args.pyramid_channels, device=args.device,
+        max_size=args.max_size, pyramid_channels=args.pyramid_channels,
+        detections_per_image=args.detections_per_image, device=args.device,
         num_workers=args.num_workers, seed=args.seed,
     )
 
@@ -62,9 +68,12 @@ def run(backbone: Backbone, args: argparse.Namespace) -> dict:
     if args.engine == "torchvision":
         metrics = run_torchvision_detection(backbone, train_set, val_set, settings)
     else:
-        from evals.detection.mmdet_adapter import run_mmdet_detection
-
-        metrics = run_mmdet_detection(backbone, train_set, val_set, settings, work_dir=args.out)
+        try:
+            from evals.detection.mmdet_adapter import run_mmdet_detection
+        except ImportError as e:
+            raise UserError(f"--engine mmdet: {e}") from None
+        work_dir = str(Path(args.out) / "mmdet") if args.out else None
+        metrics = run_mmdet_detection(backbone, train_set, val_set, settings, work_dir=work_dir)
     engine = metrics.pop("engine_settings", {})
     metrics["protocol"] = {
         **backbone.protocol_info(),
@@ -85,9 +94,10 @@ def run(backbone: Backbone, args: argparse.Namespace) -> dict:
         "lr": settings.base_lr(),
         "schedule": "SGD momentum 0.9, linear warmup, x0.1 at 8/12 and 11/12 of training",
         "weight_decay": settings.weight_decay,
+        "detections_per_image": settings.detections_per_image,
         "train_augmentation": "horizontal flip",
     }
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        (Path(args.out) / "coco_det_metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics

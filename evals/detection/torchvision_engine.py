@@ -39,6 +39,7 @@ class DetectionSettings:
     min_size: int = 800  # short side of the resized image
     max_size: int = 1333
     pyramid_channels: int = 256
+    detections_per_image: int = 100  # COCO's maxDets
     device: str = "cpu"
     num_workers: int = 0
     seed: int = 0
@@ -76,6 +77,7 @@ def build_mask_rcnn(backbone: Backbone, num_classes: int, settings: DetectionSet
         num_classes=num_classes + 1,  # torchvision counts the background class
         min_size=settings.min_size, max_size=settings.max_size,
         image_mean=list(backbone.mean), image_std=list(backbone.std),
+        box_detections_per_img=settings.detections_per_image,
     )
 
 

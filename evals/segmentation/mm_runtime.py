@@ -48,6 +48,7 @@ class FrozenBackbone(BaseModule):
         self.backbone = backbone if backbone is not None else build_backbone(BackboneSpec(**spec))
         self.backbone.freeze()
         self.layers = layers
+        self.eval()
 
     def init_weights(self) -> None:
         # The weights are pretrained. mm's recursive init would otherwise call e.g. timm's own

@@ -113,7 +113,8 @@ def model_config(backbone_cfg: dict, embed_dim: int, patch_size: int, mean, std,
             input_transform="resize_concat", channels=embed_dim * settings.layers,
             num_classes=num_classes, dropout_ratio=0, norm_cfg=dict(type=norm, requires_grad=True),
             align_corners=False,
-            loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0),
+            # Mean over non-ignored pixels, as F.cross_entropy(ignore_index=...) in the torch engine.
+            loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0, avg_non_ignore=True),
         ),
         train_cfg=dict(),
         test_cfg=dict(mode="slide", crop_size=(c, c), stride=(s, s)),
@@ -126,7 +127,7 @@ def dataset_config(dataset: ADE20kSegmentation, settings: SegmentationSettings, 
     if train:  # mmseg's standard ADE20k training pipeline
         pipeline = [
             dict(type="LoadImageFromFile"),
-            dict(type="LoadAnnotations", reduce_zero_label=reduce),
+            dict(type="LoadAnnotations"),  # reduce_zero_label comes from the dataset
             dict(type="RandomResize", scale=(4 * c, c), ratio_range=(0.5, 2.0), keep_ratio=True),
             dict(type="RandomCrop", crop_size=(c, c), cat_max_ratio=0.75),
             dict(type="RandomFlip", prob=0.5),
@@ -137,7 +138,7 @@ def dataset_config(dataset: ADE20kSegmentation, settings: SegmentationSettings, 
         pipeline = [
             dict(type="LoadImageFromFile"),
             dict(type="Resize", scale=(4 * c, c), keep_ratio=True),
-            dict(type="LoadAnnotations", reduce_zero_label=reduce),
+            dict(type="LoadAnnotations"),  # reduce_zero_label comes from the dataset
             dict(type="PackSegInputs"),
         ]
     img_suffix = dataset.images[0].suffix

@@ -12,7 +12,9 @@ import argparse
 import json
 from pathlib import Path
 
-from evals.backbones.base import Backbone
+import torch
+
+from evals.backbones.base import Backbone, UserError
 from evals.datasets.ade20k import ADE20kSegmentation, find_ade20k_root
 from evals.segmentation.torch_engine import SegmentationSettings, run_torch_segmentation
 
@@ -47,11 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-cache-gb", type=float, default=4.0,
                    help="torch engine: cache training features when they fit in this many GB, "
                         "else extract them online with augmentation (default: 4)")
-    g.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="torch device (default: %(default)s)")
     g.add_argument("--num-workers", type=int, default=0, help="data-loading workers (default: 0)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     g.add_argument("--out", default=None,
-                   help="folder for this run's logs, checkpoints (mmseg) and metrics.json "
+                   help="folder for this run's ade20k_linear_metrics.json and, under mmseg/, the mmseg logs and checkpoint "
                         "(default: mmseg uses a temporary folder; nothing is written by torch)")
 
 
@@ -72,9 +75,12 @@ def run(backbone: Backbone, args: argparse.Namespace) -> dict:
     if args.engine == "torch":
         metrics, _ = run_torch_segmentation(backbone, train_set, val_set, settings)
     else:
-        from evals.segmentation.mmseg_adapter import run_mmseg_segmentation
-
-        metrics = run_mmseg_segmentation(backbone, train_set, val_set, settings, work_dir=args.out)
+        try:
+            from evals.segmentation.mmseg_adapter import run_mmseg_segmentation
+        except ImportError as e:
+            raise UserError(f"--engine mmseg: {e}") from None
+        work_dir = str(Path(args.out) / "mmseg") if args.out else None
+        metrics = run_mmseg_segmentation(backbone, train_set, val_set, settings, work_dir=work_dir)
     engine_settings = metrics.pop("engine_settings", {})
     metrics["protocol"] = {
         **backbone.protocol_info(),
@@ -99,5 +105,5 @@ def run(backbone: Backbone, args: argparse.Namespace) -> dict:
     }
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        (Path(args.out) / "ade20k_linear_metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
