@@ -31,6 +31,6 @@ def run_cli(fn: Callable[[], int]) -> int:
         return 130
     except Exception as e:  # noqa: BLE001 - decide below whether it is the user's to fix
         if isinstance(e, user_error_types()) and not os.environ.get("TCJEPA_TRACEBACK"):
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {' '.join(str(e).split())}", file=sys.stderr)  # one line, always
             return 2
         raise

@@ -45,6 +45,11 @@ def main(argv: list[str] | None = None) -> int:
             if "=" not in o:
                 raise ConfigError(f"argument {o!r}: expected key=value (did you mean --config {o}?)")
         cfg = load_config(args.config, args.overrides)
+        from ..models.vit import VIT_ARCHS
+
+        if cfg.model.encoder not in VIT_ARCHS:  # caught here, before data and text are loaded
+            raise ConfigError(f"model.encoder={cfg.model.encoder!r} is not a registered ViT; "
+                              f"available: {sorted(VIT_ARCHS)}")
         if args.print_config:
             import yaml
 

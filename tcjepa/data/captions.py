@@ -66,8 +66,10 @@ def validate_caption_record(obj: Any, where: str, need_image: bool = True) -> tu
     return image, tuple(captions)
 
 
-def read_captions_jsonl(path: str | Path) -> list[CaptionRecord]:
-    """Records of a captions.jsonl file in file order; blank lines are ignored."""
+def read_captions_jsonl(path: str | Path, skip_bad: bool = False,
+                        bad_lines: list[str] | None = None) -> list[CaptionRecord]:
+    """Records of a captions.jsonl file in file order; blank lines are ignored. With ``skip_bad``
+    a bad line is logged, its ``file:line`` appended to ``bad_lines``, and left out."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: captions file not found")
@@ -78,11 +80,19 @@ def read_captions_jsonl(path: str | Path) -> list[CaptionRecord]:
                 continue
             where = f"{path}:{lineno}"
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno}); each line must be "
-                                f'one object like {{"image": "images/x.jpg", "captions": ["..."]}}') from None
-            image, captions = validate_caption_record(obj, where)
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno}); each line must be "
+                                    f'one object like {{"image": "images/x.jpg", "captions": ["..."]}}') from None
+                image, captions = validate_caption_record(obj, where)
+            except DataError as e:
+                if not skip_bad:
+                    raise
+                log.warning("skipping bad caption line: %s", e)
+                if bad_lines is not None:
+                    bad_lines.append(where)
+                continue
             records.append(CaptionRecord(image, captions, where))
     if not records:
         raise DataError(f"{path}: no records; the file is empty")
@@ -216,7 +226,10 @@ class CaptionedImageFolder(CaptionedDataset):
             raise DataError(f"{self.captions_path}: captions file not found; expected {self.root}/{captions_file} "
                             f'with one {{"image": rel_path, "captions": [...]}} per line and the images at '
                             f"paths relative to {self.root}{_layout_hint(self.root, captions_file)}")
-        super().__init__(read_captions_jsonl(self.captions_path), transform, num_captions, seed, skip_bad_samples)
+        bad_lines: list[str] = []
+        records = read_captions_jsonl(self.captions_path, skip_bad=skip_bad_samples, bad_lines=bad_lines)
+        super().__init__(records, transform, num_captions, seed, skip_bad_samples)
+        self._bad_counter[0] += len(bad_lines)  # skipped lines count as bad samples
         self._check_layout()
 
     def _check_layout(self) -> None:

@@ -107,9 +107,18 @@ class ResumableDataLoader(DataLoader):
 
     def __iter__(self):
         sampler = self.sampler
-        for batch in super().__iter__():
-            sampler.advance(len(batch["sample_idx"]))
-            yield batch
+        try:
+            for batch in super().__iter__():
+                sampler.advance(len(batch["sample_idx"]))
+                yield batch
+        except DataError as e:
+            # A worker's DataError comes back as "Caught DataError in DataLoader worker ...
+            # Original Traceback ...": keep the one line that names the file.
+            text = str(e).strip()
+            if text.startswith("Caught DataError") and "Traceback" in text:
+                last = text.splitlines()[-1]
+                raise DataError(last.split(": ", 1)[1] if ": " in last else last) from None
+            raise
         sampler.finish_epoch()  # with drop_last the remainder is never yielded: the epoch is done
 
 
@@ -155,7 +164,11 @@ def build_pretrain_loader(cfg: Config, grid: tuple[int, int], *, rank: int = 0, 
                         f"(batches are full: drop_last); use more data or a smaller optim.batch_size")
     collator = MultiBlockMaskCollator(cfg.mask, grid, seed=cfg.train.seed, text_lookup=text_lookup)
     workers = cfg.data.num_workers
+    # Every new iterator draws a worker base seed; from the global torch RNG that draw would shift
+    # the training stream (drop_path) after a resume, so it comes from the loader's own generator.
+    generator = torch.Generator().manual_seed(cfg.train.seed + rank)
     loader = ResumableDataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collator,
                                  num_workers=workers, pin_memory=torch.cuda.is_available(), drop_last=True,
-                                 persistent_workers=workers > 0, prefetch_factor=2 if workers > 0 else None)
+                                 persistent_workers=workers > 0, prefetch_factor=2 if workers > 0 else None,
+                                 generator=generator)
     return loader, sampler, dataset

@@ -163,11 +163,21 @@ def train(cfg: Config, max_steps_this_run: Optional[int] = None, on_step: Option
     resume_path = ckpt_io.resolve_resume(cfg.train.resume, out_dir)
     if resume_path is not None:
         state = ckpt_io.load_checkpoint(resume_path, allow_pickle=cfg.train.allow_pickle)
+        missing = [k for k in (*MODEL_PARTS, "opt", "step", "sampler", "rng") if k not in state]
+        if missing:
+            raise ckpt_io.CheckpointError(
+                f"{resume_path}: not a training checkpoint of this project (no {missing}); "
+                "an exported or foreign file cannot be resumed"
+            )
         _check_same_model(state, cfg, resume_path)
-        load_model_state_dict(model, {
-            f"{part}.{k}": v for part in MODEL_PARTS for k, v in state[part].items()
-        })
-        load_optimizer_state_dict(model, optimizer, state["opt"])
+        try:
+            load_model_state_dict(model, {
+                f"{part}.{k}": v for part in MODEL_PARTS for k, v in state[part].items()
+            })
+            load_optimizer_state_dict(model, optimizer, state["opt"])
+        except (RuntimeError, KeyError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ckpt_io.CheckpointError(f"{resume_path}: weights do not fit the requested model ({first})") from e
         step = int(state["step"])
         sampler.load_state_dict(state["sampler"])
         history = list(state.get("history", []))
@@ -196,7 +206,13 @@ def train(cfg: Config, max_steps_this_run: Optional[int] = None, on_step: Option
             sampler=sampler.state_dict(),
             ema_momentum=schedules.ema(step_now), history=history,
         )
-        path = ckpt_io.save_run_checkpoint(out_dir, step_now, state, keep=cfg.train.keep_checkpoints)
+        try:
+            path = ckpt_io.save_run_checkpoint(out_dir, step_now, state, keep=cfg.train.keep_checkpoints)
+        except OSError as e:  # disk full, permissions, ...: the previous checkpoint is intact
+            raise TrainingError(
+                f"could not write checkpoint {out_dir / ckpt_io.checkpoint_name(step_now)} at step {step_now} "
+                f"({e}); last good checkpoint: {last_ckpt or 'none yet'}"
+            ) from e
         last_ckpt = str(path)
 
     stream = batches(loader)
@@ -205,63 +221,71 @@ def train(cfg: Config, max_steps_this_run: Optional[int] = None, on_step: Option
     window_t, window_imgs = time.time(), 0
     loss_value = float("nan")
     model.train()
-    while step < stop_at:
-        schedules.apply(optimizer, step)
-        sums: dict[str, float] = {}
-        for micro in range(accum):
-            batch = to_device(next(stream), device, text_encoder)
-            sync = contextlib.nullcontext() if micro == accum - 1 or not hasattr(wrapped, "no_sync") else wrapped.no_sync()
-            with sync, torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                out = compiled(**model_inputs(batch))
-            (out["loss"] / accum).backward()
-            window_imgs += batch["images"].shape[0] * dist.world_size
-            for k, v in out.items():
-                if v.numel() == 1:
-                    sums[k] = sums.get(k, 0.0) + v.detach().float() / accum
-        loss_t = sums["loss"]
-        if not torch.isfinite(loss_t):
+    try:
+        while step < stop_at:
+            schedules.apply(optimizer, step)
+            sums: dict[str, float] = {}
+            for micro in range(accum):
+                batch = to_device(next(stream), device, text_encoder)
+                sync = contextlib.nullcontext() if micro == accum - 1 or not hasattr(wrapped, "no_sync") else wrapped.no_sync()
+                with sync, torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                    out = compiled(**model_inputs(batch))
+                (out["loss"] / accum).backward()
+                window_imgs += batch["images"].shape[0] * dist.world_size
+                for k, v in out.items():
+                    if v.numel() == 1:
+                        sums[k] = sums.get(k, 0.0) + v.detach().float() / accum
+            loss_t = sums["loss"]
+            if not torch.isfinite(loss_t):
+                optimizer.zero_grad(set_to_none=True)
+                message = (
+                    f"non-finite loss ({loss_t.item()}) at step {step + 1}; "
+                    f"last good checkpoint: {last_ckpt or 'none yet'}"
+                )
+                if cfg.train.nan_policy == "stop":
+                    bar.close()
+                    logger.close()
+                    raise TrainingError(message)
+                log.warning("%s: skipping this step (train.nan_policy=skip)", message)
+                step += 1
+                if step % cfg.train.ckpt_every == 0 or step == stop_at:
+                    save(step)  # a skipped last step must still leave the run's final checkpoint
+                bar.update(1)
+                continue
+            if cfg.optim.clip_grad > 0:
+                torch.nn.utils.clip_grad_norm_(
+                    [p for g in optimizer.param_groups for p in g["params"]], cfg.optim.clip_grad
+                )
+            optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            message = (
-                f"non-finite loss ({loss_t.item()}) at step {step}; "
-                f"last good checkpoint: {last_ckpt or 'none yet'}"
-            )
-            if cfg.train.nan_policy == "stop":
-                bar.close()
-                logger.close()
-                raise TrainingError(message)
-            log.warning("%s: skipping this step (train.nan_policy=skip)", message)
+            model.update_target(schedules.ema(step))
             step += 1
-            continue
-        if cfg.optim.clip_grad > 0:
-            torch.nn.utils.clip_grad_norm_(
-                [p for g in optimizer.param_groups for p in g["params"]], cfg.optim.clip_grad
-            )
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        model.update_target(schedules.ema(step))
-        step += 1
-        loss_value = loss_t.item()
-        if on_step is not None:
-            on_step(step)
+            loss_value = loss_t.item()
+            if on_step is not None:
+                on_step(step)
 
-        if step % cfg.train.log_every == 0 or step == stop_at:
-            elapsed = max(time.time() - window_t, 1e-9)
-            row = {k: v.item() for k, v in sums.items()}
-            row.update(
-                epoch=sampler.epoch, lr=schedules.lr(step - 1), wd=schedules.wd(step - 1),
-                ema=schedules.ema(step - 1), img_per_s=window_imgs / elapsed,
-            )
-            if "positive_cosine_fraction" in out:
-                row["positive_cosine_fraction"] = out["positive_cosine_fraction"].detach().float().cpu().tolist()
-            history.append({"step": step, "loss": row["loss"]})
-            logger.log(step, row)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.0f}")
-            window_t, window_imgs = time.time(), 0
-        if probe is not None and (step % cfg.train.monitor_every == 0 or step == stop_at):
-            logger.log(step, probe_monitors(model, probe))
-        if step % cfg.train.ckpt_every == 0 or step == stop_at:
-            save(step)
-        bar.update(1)
+            if step % cfg.train.log_every == 0 or step == stop_at:
+                elapsed = max(time.time() - window_t, 1e-9)
+                row = {k: v.item() for k, v in sums.items()}
+                row.update(
+                    epoch=sampler.epoch, lr=schedules.lr(step - 1), wd=schedules.wd(step - 1),
+                    ema=schedules.ema(step - 1), img_per_s=window_imgs / elapsed,
+                )
+                if "positive_cosine_fraction" in out:
+                    row["positive_cosine_fraction"] = out["positive_cosine_fraction"].detach().float().cpu().tolist()
+                history.append({"step": step, "loss": row["loss"]})
+                logger.log(step, row)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.0f}")
+                window_t, window_imgs = time.time(), 0
+            if probe is not None and (step % cfg.train.monitor_every == 0 or step == stop_at):
+                logger.log(step, probe_monitors(model, probe))
+            if step % cfg.train.ckpt_every == 0 or step == stop_at:
+                save(step)
+            bar.update(1)
+    except BaseException:
+        bar.close()  # end the progress line before the error is printed
+        logger.close()
+        raise
     bar.close()
     logger.close()
     bad = dataset.bad_samples
