@@ -49,6 +49,7 @@ class DemoPlan:
     det_val_images: int = 100
     seeds: list[int] = field(default_factory=lambda: [0])
     controls: bool = True  # untrained encoder + shuffled-caption TC-JEPA
+    config_overrides: list[str] = field(default_factory=list)  # key=value for both pretraining configs
 
 
 QUICK = DemoPlan(train_images=640, val_images=96, train_steps=40, linear_epochs=10, seg_iters=40, det_iters=10,
@@ -121,7 +122,7 @@ def train_config(method: str, data: Path, run_dir: Path, plan: DemoPlan, seed: i
         f"data.root={data}", f"data.captions_file={captions_file}", f"train.out_dir={run_dir}",
         f"train.seed={seed}", f"optim.max_steps={plan.train_steps}", f"optim.batch_size={plan.batch_size}",
         f"data.image_size={plan.image_size}", f"data.num_captions={plan.captions_per_image}",
-        "train.tensorboard=false",
+        "train.tensorboard=false", *plan.config_overrides,
     ]
     if text_cache is not None:
         overrides.append(f"data.text_cache={text_cache}")

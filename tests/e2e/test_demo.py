@@ -1,0 +1,29 @@
+"""The whole pipeline through the demo's entry point, on tiny data and models."""
+import math
+
+import pandas as pd
+import pytest
+
+from evals.demo import DemoPlan, run_demo
+
+TINY = DemoPlan(
+    train_images=64, val_images=24, captions_per_image=3, image_size=32, train_steps=3, batch_size=16,
+    linear_epochs=2, seg_iters=4, det_iters=2, det_train_images=8, det_val_images=4, seeds=[0], controls=True,
+    config_overrides=["model.encoder=vit_pico", "model.predictor_depth=2", "model.predictor_width=32",
+                      "model.predictor_heads=2", "text.max_words=16", "data.num_workers=0",
+                      "train.log_every=1", "train.monitor_every=1"],
+)
+
+
+@pytest.mark.slow
+def test_demo_writes_every_artefact_with_finite_metrics(tmp_path):
+    out = tmp_path / "results"
+    csv = run_demo(TINY, tmp_path / "scenes", tmp_path / "runs", out, extra_backbones=[], command="pytest")
+    for name in ("comparison.csv", "comparison.md", "training_curves.png", "grounding_maps.png", "plan.json"):
+        assert (out / name).stat().st_size > 0, name
+    df = pd.read_csv(csv)
+    assert set(df.method) == {"I-JEPA", "TC-JEPA", "TC-JEPA (shuffled captions)", "untrained"}
+    assert {"in1k_linear", "ade20k_linear", "coco_det"} <= set(df.task)
+    for _, row in df.iterrows():
+        assert math.isfinite(row["mean"]) and 0.0 <= row["mean"] <= 100.0, row.to_dict()
+    assert (df.groupby("method").size() == df.groupby("method").size().iloc[0]).all()
