@@ -21,7 +21,9 @@ def word_cosines(q: torch.Tensor, k: torch.Tensor, word_mask: torch.Tensor) -> t
     Returns O (B, N, Q, S) = relu(cos), zero on padding words.
     """
     cos = torch.einsum("bqd,bnsd->bnqs", F.normalize(q, dim=-1), F.normalize(k, dim=-1))
-    return cos.clamp_min(0) * word_mask[:, :, None, :].to(cos.dtype)
+    # masked_fill then relu: autograd keeps only the result O (relu's output) per layer, not
+    # the raw cosines as well (clamp_min would save its input, the mask product its operand).
+    return cos.masked_fill(~word_mask[:, :, None, :], 0).relu()
 
 
 @dataclass
@@ -40,20 +42,68 @@ def _token_mean(x: torch.Tensor, token_valid: Optional[torch.Tensor]) -> torch.T
     return per_caption.mean()
 
 
+class _GroundingSums(torch.autograd.Function):
+    """Per (image, caption, token): (1/L) sum_l sum_s O^(l) and (1/L) sum_l sum_s |O^(l) - Obar|,
+    as float32 (float64 for float64 maps) (B, N, Q), from the L maps O^(l) (B, N, Q, S) of any float dtype.
+
+    Exact, but without stacking the maps: the forward holds one (B, N, Q, S) temporary at a
+    time (plus Obar in float32) and saves nothing but the maps themselves, which autograd
+    already keeps for ``word_cosines``' backward; the backward recomputes Obar and the signs.
+    d/dO^(j) consist = (1/L) (sign(O^(j) - Obar) - (1/L) sum_l sign(O^(l) - Obar)).
+    """
+
+    @staticmethod
+    def forward(ctx, *maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        L = len(maps)
+        obar = _mean_map(maps)
+        acc = obar.dtype
+        sparse = maps[0].sum(-1, dtype=acc)
+        for o in maps[1:]:
+            sparse += o.sum(-1, dtype=acc)
+        consist = torch.zeros_like(sparse)
+        for o in maps:
+            consist += (o.to(acc) - obar).abs_().sum(-1)
+        ctx.save_for_backward(*maps)
+        return sparse / L, consist / L
+
+    @staticmethod
+    def backward(ctx, g_sparse: torch.Tensor, g_consist: torch.Tensor):
+        maps = ctx.saved_tensors
+        L = len(maps)
+        obar = _mean_map(maps)
+        mean_sign = torch.zeros_like(obar)
+        for o in maps:
+            mean_sign += torch.sign(o.to(obar.dtype) - obar)
+        mean_sign /= L
+        gs = (g_sparse / L).unsqueeze(-1)
+        gc = (g_consist / L).unsqueeze(-1)
+        return tuple((gs + gc * (torch.sign(o.to(obar.dtype) - obar) - mean_sign)).to(o.dtype) for o in maps)
+
+
+def _mean_map(maps) -> torch.Tensor:
+    """Mean of the maps, accumulated in float32 (float64 stays float64)."""
+    acc = maps[0].to(torch.promote_types(maps[0].dtype, torch.float32), copy=True)
+    for o in maps[1:]:
+        acc += o
+    return acc / len(maps)
+
+
 def grounding_terms(
     cosines: list[torch.Tensor],
     word_mask: torch.Tensor,
     token_valid: Optional[torch.Tensor] = None,
 ) -> GroundingTerms:
-    """cosines: per conditioned layer O^(l) (B, N, Q, S); token_valid (B, Q) or None."""
-    O = torch.stack(cosines)  # (L, B, N, Q, S)
-    sparse = _token_mean(O.sum(-1).mean(0), token_valid)
-    O_bar = O.mean(0, keepdim=True)
-    consist = _token_mean((O - O_bar).abs().sum(-1).mean(0), token_valid)
+    """cosines: per conditioned layer O^(l) (B, N, Q, S); token_valid (B, Q) or None.
+
+    Reductions run in float32 whatever the maps' dtype (bf16 under autocast)."""
+    sparse_i, consist_i = _GroundingSums.apply(*cosines)  # (B, N, Q) each
+    sparse = _token_mean(sparse_i, token_valid)
+    consist = _token_mean(consist_i, token_valid)
     with torch.no_grad():
-        pairs = word_mask[:, :, None, :].expand(O.shape[1:])
-        if token_valid is not None:
-            pairs = pairs & token_valid[:, None, :, None]
-        count = pairs.sum().clamp_min(1)
-        positive = torch.stack([((o > 0) & pairs).sum() / count for o in cosines])
+        # O is exactly 0 on padding words, so O > 0 already excludes them.
+        words = word_mask.sum(-1)  # (B, N)
+        tokens = cosines[0].shape[2] if token_valid is None else token_valid.sum(-1, keepdim=True)  # (B, 1)
+        count = (words * tokens).sum().clamp_min(1)
+        valid = None if token_valid is None else token_valid[:, None, :, None]
+        positive = torch.stack([((o > 0) if valid is None else ((o > 0) & valid)).sum() / count for o in cosines])
     return GroundingTerms(sparse=sparse, consist=consist, positive_fraction=positive)

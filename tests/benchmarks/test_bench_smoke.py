@@ -1,0 +1,89 @@
+"""CPU smoke tests of the benchmark commands (tiny models, seconds)."""
+import csv
+import json
+
+import pytest
+import torch
+
+from benchmarks import loader, scaling, train_step
+
+
+def test_train_step_tiny_cpu(tmp_path):
+    out = train_step.main(["--device", "cpu", "--tiny", "--steps", "1", "--warmup", "1", "--pool", "2",
+                           "--variants", "ijepa,tc_n8_xattn,tc_n8_block", "--out", str(tmp_path)])
+    rows = {r["variant"]: r for r in out["rows"]}
+    assert set(rows) == {"ijepa", "tc_n8_xattn", "tc_n8_block"}
+    for r in rows.values():
+        assert r["status"] == "ok", r
+        assert r["img_per_s"] > 0 and r["step_ms"] > 0
+        assert torch.isfinite(torch.tensor(r["loss"]))
+        assert r["gflop_per_img"] > 0 and r["tflops"] > 0
+        assert r["mfu"] is None  # no peak known for a CPU unless --peak-tflops
+    # Text conditioning adds work; the literal 'block' reading adds the most.
+    assert rows["ijepa"]["gflop_per_img"] < rows["tc_n8_xattn"]["gflop_per_img"] < rows["tc_n8_block"]["gflop_per_img"]
+    assert rows["tc_n8_xattn"]["slowdown_vs_ijepa"] > 0
+    assert any("block / xattn" in r["ratio"] for r in out["ratios"])
+    data = json.loads((tmp_path / "train_step_tiny_cpu.json").read_text())
+    for key in ("device", "torch", "commit", "time_utc"):
+        assert data["meta"][key]
+    with (tmp_path / "train_step_tiny_cpu.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 3 and {"img_per_s", "peak_mem_gib", "device", "torch", "commit"} <= set(table[0])
+
+
+def test_flop_count_is_exact_for_the_encoder_matmuls():
+    """The meta-device count equals 2 * MACs of the linear layers, checked for I-JEPA's
+    target encoder alone: a forward of K tokens through L blocks of width d costs
+    L * 2 * K * (12 d^2) for qkv + proj + MLP, plus attention 2 * 2 * K^2 * d per block."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from tcjepa.models import vit
+
+    # As the benchmark counts: on the meta device, where attention decomposes into counted
+    # matmuls (the CPU flash kernel has no FLOP formula in torch.utils.flop_counter).
+    vit.sincos_2d.cache_clear()
+    try:
+        with torch.device("meta"):
+            enc = vit.build_encoder("vit_pico", 64, 8).eval()
+    finally:
+        vit.sincos_2d.cache_clear()
+    x = torch.empty(2, 3, 64, 64, device="meta")
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        enc.forward_features(x)
+    d, L, K, B = 64, 2, 64, 2
+    per_block = 2 * K * 12 * d * d + 2 * 2 * K * K * d
+    patch = 2 * K * (3 * 8 * 8) * d
+    assert fc.get_total_flops() == B * (L * per_block + patch)
+
+
+def test_loader_smoke(tmp_path):
+    out = loader.main(["--images", "8", "--batch", "4", "--workers", "0", "--repeats", "1", "--batches", "1",
+                       "--out", str(tmp_path)])
+    rows = out["rows"]
+    assert rows[0]["img_per_s"] > 0 and rows[0]["decode_ms"] > 0
+    assert (tmp_path / "loader_cpu.json").is_file() and (tmp_path / "loader_cpu.csv").is_file()
+
+
+def test_scaling_formula_by_hand():
+    P, Pt, Pe, Pb = 8, 600e6, 500e6, 20e6
+    facts = dict(Pt=Pt, Pe=Pe, Pblock=Pb, flops_per_img=1e12)
+    r = scaling.estimate(facts, P, 2048, "fsdp", 2, 4, True, act_per_img=0.1 * 2**30, node=8, mfu=0.5,
+                         peak=1e15, nvlink=400e9, network=50e9)
+    assert r["per_gpu_batch"] == 256
+    assert r["states_gib"] == pytest.approx((16 * Pt + 4 * Pe) / P / 2**30)
+    assert r["activations_gib"] == pytest.approx(25.6)
+    comm = 7 / 8 * (2 * (2 * Pt + Pe) + 4 * Pt)
+    assert r["comm_gb"] == pytest.approx(comm / 1e9)
+    assert r["comm_ms"] == pytest.approx(1e3 * comm / 400e9)
+    assert r["compute_ms"] == pytest.approx(1e3 * 256e12 / 0.5e15)
+    h = scaling.estimate(facts, 32, 2048, "hsdp", 2, 4, True, 0.1 * 2**30, 8, 0.5, 1e15, 400e9, 50e9)
+    assert h["inter_node_gb"] == pytest.approx(2 * 3 / 4 * 4 * Pt / 8 / 1e9)
+
+
+def test_scaling_main_on_vit_base(tmp_path):
+    out = scaling.main(["--model", "vit_base", "--gpus", "8,32", "--flop-batch", "2", "--out", str(tmp_path)])
+    f = out["facts"]
+    assert 85e6 < f["Pe"] < 87e6  # ViT-B/16 without class token and head: 85.8M
+    assert f["flops_per_img"] > 3 * 2 * f["Pe"] * f["context"]  # at least fwd+bwd of the context encoder
+    assert {r["gpus"] for r in out["rows"]} == {8, 32}
+    assert (tmp_path / "scaling_vit_base.json").is_file()
