@@ -154,9 +154,9 @@ def train(cfg: Config, max_steps_this_run: Optional[int] = None, on_step: Option
     total_steps = cfg.optim.max_steps or cfg.optim.epochs * steps_per_epoch
     schedules = Schedules(cfg.optim, steps_per_epoch, total_steps)
     # FSDP2 shards parameters in place, so the optimizer is built after wrapping.
-    wrapped = wrap_model(model, cfg.train.distributed, device)
-    optimizer = build_optimizer(build_param_groups(model.encoder, model.predictor), cfg.optim, device)
     use_bf16 = cfg.train.precision == "bf16" and device.type == "cuda"
+    wrapped = wrap_model(model, cfg.train.distributed, device, param_dtype=torch.bfloat16 if use_bf16 else None)
+    optimizer = build_optimizer(build_param_groups(model.encoder, model.predictor), cfg.optim, device)
 
     # Resume: everything that decides the future of the run comes back from the checkpoint.
     step, history = 0, []
