@@ -24,6 +24,8 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,10 +69,61 @@ def encode_jpeg(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def encode_png(labels: np.ndarray) -> bytes:
+PNG_COMPRESS_LEVEL = 1
+
+
+def _encode_png_pil(labels: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(labels, mode="L").save(buf, format="PNG", compress_level=1)
+    Image.fromarray(labels, mode="L").save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return buf.getvalue()
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_IDAT_MAX = 65536  # Pillow's PNG writer starts a new IDAT chunk past this many bytes
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
+
+
+_PNG_IEND = _png_chunk(b"IEND", b"")
+
+
+def _encode_png_direct(labels: np.ndarray) -> bytes | None:
+    """The bytes ``Image.save(format="PNG")`` writes for a uint8 label map, without its
+    per-call Python overhead (~60% of the time at 64 px): Pillow's own zip encoder (same row
+    filters, same zlib settings) plus the three chunks it writes for mode L. None if the data
+    would span several IDAT chunks (never at label-map sizes)."""
+    h, w = labels.shape
+    data = Image.fromarray(labels, mode="L").tobytes("zip", "L", False, PNG_COMPRESS_LEVEL, -1, b"")
+    if len(data) > _PNG_IDAT_MAX:
+        return None
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)  # 8-bit grey, deflate, no interlace
+    return _PNG_SIGNATURE + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", data) + _PNG_IEND
+
+
+_png_direct_ok: bool | None = None
+
+
+def _png_direct_works() -> bool:
+    """Use the direct path only where it reproduces Image.save byte for byte (checked once)."""
+    global _png_direct_ok
+    if _png_direct_ok is None:
+        probe = (np.arange(37 * 29, dtype=np.uint32).reshape(29, 37) * 2654435761 % 7).astype(np.uint8)
+        try:
+            _png_direct_ok = _encode_png_direct(probe) == _encode_png_pil(probe)
+        except Exception:  # another Pillow's encoder arguments: fall back to Image.save
+            _png_direct_ok = False
+    return _png_direct_ok
+
+
+def encode_png(labels: np.ndarray) -> bytes:
+    """PNG of a uint8 label map, exactly as ``Image.save(format="PNG", compress_level=1)``."""
+    if labels.ndim == 2 and labels.dtype == np.uint8 and _png_direct_works():
+        data = _encode_png_direct(labels)
+        if data is not None:
+            return data
+    return _encode_png_pil(labels)
 
 
 def coco_annotations(scene: Scene, image_id: int) -> list[dict]:
@@ -84,7 +137,7 @@ def coco_annotations(scene: Scene, image_id: int) -> list[dict]:
     return anns
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
+def _link_or_copy(src: str | Path, dst: str | Path) -> None:
     # Creating a file costs far more than its 3 kB of data on common file systems; the four
     # trees hold the same JPEG bytes, so hard links make the command ~2x faster.
     try:
@@ -101,17 +154,33 @@ class _Job:
     num_captions: int
 
 
+_O_WRITE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+
+
+def _write_file(path: str, data: bytes) -> None:
+    # os-level: a third of the cost of Path.write_bytes for a 3 kB file (no buffered file object).
+    fd = os.open(path, _O_WRITE, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
 def _write_scene(job: _Job, split: str, index: int) -> dict:
     scene = generate_scene(job.seed, split, index, job.image_size, job.num_captions)
     paths = scene_paths(split, index, scene.label)
-    first = Path(job.out, paths["image"])
-    first.write_bytes(encode_jpeg(scene.image))
+    out = job.out
+    first = os.path.join(out, paths["image"])
+    _write_file(first, encode_jpeg(scene.image))
     for key in ("imagenet", "ade_image", "coco"):
-        _link_or_copy(first, Path(job.out, paths[key]))
-    Path(job.out, paths["ade_label"]).write_bytes(encode_png(scene.semantic_map()))
-    return {"image": paths["image"], "captions": scene.captions, "label": scene.label,
-            "coco_file": Path(paths["coco"]).name, "coco_anns": coco_annotations(scene, index + 1),
-            "record": scene.to_record()}
+        _link_or_copy(first, os.path.join(out, paths[key]))
+    _write_file(os.path.join(out, paths["ade_label"]), encode_png(scene.semantic_map()))
+    # The JSON lines are serialised here, in the worker, not in the main process.
+    return {"captions_line": json.dumps({"image": paths["image"], "captions": scene.captions}) + "\n",
+            "scenes_line": json.dumps({"image": paths["image"], **scene.to_record()}) + "\n",
+            "coco_file": paths["coco"].rsplit("/", 1)[-1], "coco_anns": coco_annotations(scene, index + 1)}
 
 
 def _worker(args: tuple[_Job, str, int]) -> dict:
@@ -152,11 +221,9 @@ def _write_json(path: Path, obj) -> None:
 def _write_split_files(out: Path, split: str, image_size: int, results: list[dict]) -> None:
     suffix = "" if split == "train" else "_val"
     with open(out / f"captions{suffix}.jsonl", "w") as f:
-        for r in results:
-            f.write(json.dumps({"image": r["image"], "captions": r["captions"]}) + "\n")
+        f.write("".join(r["captions_line"] for r in results))
     with open(out / f"scenes_{split}.jsonl", "w") as f:
-        for r in results:
-            f.write(json.dumps({"image": r["image"], **r["record"]}) + "\n")
+        f.write("".join(r["scenes_line"] for r in results))
     images, annotations = [], []
     for index, r in enumerate(results):
         images.append({"id": index + 1, "file_name": r["coco_file"], "height": image_size, "width": image_size})

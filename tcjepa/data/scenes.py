@@ -93,6 +93,18 @@ class Scene:
 
 
 # ----------------------------------------------------------------------------- rendering
+#
+# Speed notes (the whole scene set is rendered on a 2-core CPU by `make demo`): the random
+# stream is part of the output format, so every optimisation below draws exactly the numbers
+# the straightforward code drew, in the same order. ``rng.uniform(lo, hi)`` is computed as
+# ``lo + (hi - lo) * rng.random()`` (numpy's own formula, bit-identical, a quarter of the
+# call overhead); a rejected background is drawn but never rendered; failing placements
+# draw their candidate centres in one call.
+
+
+def _uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
+    """Same double as ``rng.uniform(lo, hi)`` (numpy computes lo + (hi - lo) * next_double)."""
+    return lo + (hi - lo) * rng.random()
 
 
 def _shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
@@ -107,7 +119,8 @@ def _shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndar
         return (dy <= 0.75 * r) & (np.abs(dx) <= (dy + r) / 1.75)
     if shape == "cross":
         arm = 0.33 * r
-        return ((np.abs(dx) <= arm) & (np.abs(dy) <= r)) | ((np.abs(dy) <= arm) & (np.abs(dx) <= r))
+        ax, ay = np.abs(dx), np.abs(dy)
+        return ((ax <= arm) & (ay <= r)) | ((ay <= arm) & (ax <= r))
     if shape == "ring":
         d2 = dx * dx + dy * dy
         return (d2 <= r * r) & (d2 >= (0.55 * r) ** 2)
@@ -124,30 +137,63 @@ def _texture_pattern(texture: str, xs: np.ndarray, ys: np.ndarray, period: int) 
     raise ValueError(f"unknown texture {texture!r}; known: {TEXTURES}")
 
 
-def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, str]:
-    """Muted (low-saturation) backgrounds so the saturated objects always stand out."""
-    hue, sat, light = rng.random(), rng.uniform(0.0, 0.2), rng.uniform(0.15, 0.85)
+@dataclass
+class _BackgroundDraw:
+    """The random numbers of one background; rendering them is deferred (see _draw_background)."""
+    base: np.ndarray
+    kind: str
+    light: float
+    noise: np.ndarray  # (S, S, 1) float32, luminance-only noise
+    other: np.ndarray | None = None  # gradient: second colour
+    angle: float = 0.0  # gradient: direction
+    offsets: np.ndarray | None = None  # patchy: (cells, cells) lightness offsets
+
+
+def _draw_background(rng: np.random.Generator, size: int) -> _BackgroundDraw:
+    """Draw a background's random numbers without rendering it.
+
+    A background whose objects cannot be placed is thrown away: drawing costs a few
+    microseconds, rendering ten times more.
+    """
+    hue, sat, light = rng.random(), _uniform(rng, 0.0, 0.2), _uniform(rng, 0.15, 0.85)
     base = np.array(colorsys.hsv_to_rgb(hue, sat, light), dtype=np.float32)
     kind = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
-    if kind == "plain":
-        img = np.broadcast_to(base, (size, size, 3)).copy()
-    elif kind == "gradient":
-        other = np.array(colorsys.hsv_to_rgb(hue, sat, float(np.clip(light + rng.choice([-0.3, 0.3]), 0.05, 0.95))),
-                         dtype=np.float32)
-        angle = rng.uniform(0, 2 * np.pi)
-        coords = (np.arange(size, dtype=np.float32) + 0.5) / size - 0.5
-        t = np.cos(angle) * coords[None, :] + np.sin(angle) * coords[:, None]
-        t = (t - t.min()) / (t.max() - t.min())
-        img = base * (1 - t[..., None]) + other * t[..., None]
-    else:  # patchy: a coarse random grid of lightness offsets
+    draw = _BackgroundDraw(base=base, kind=kind, light=light, noise=None)  # type: ignore[arg-type]
+    if kind == "gradient":
+        step = (-0.3, 0.3)[rng.integers(2)]  # == rng.choice([-0.3, 0.3]), without the array
+        draw.other = np.array(colorsys.hsv_to_rgb(hue, sat, float(np.clip(light + step, 0.05, 0.95))),
+                              dtype=np.float32)
+        draw.angle = _uniform(rng, 0, 2 * np.pi)
+    elif kind == "patchy":  # a coarse random grid of lightness offsets
         cells = int(rng.integers(3, 9))
-        offsets = rng.normal(0.0, 0.08, (cells, cells)).astype(np.float32)
-        idx = np.arange(size) * cells // size
-        img = base + offsets[idx][:, idx][..., None]
+        draw.offsets = rng.normal(0.0, 0.08, (cells, cells)).astype(np.float32)
     # Luminance-only noise: a third of the random numbers of per-channel noise, same look.
-    img = img + 0.02 * rng.standard_normal((size, size, 1), dtype=np.float32)
-    tone = "dark" if light < 0.4 else "light" if light > 0.6 else "grey"
+    draw.noise = rng.standard_normal((size, size, 1), dtype=np.float32)
+    return draw
+
+
+def _render_background(draw: _BackgroundDraw, size: int) -> tuple[np.ndarray, str]:
+    """Muted (low-saturation) backgrounds so the saturated objects always stand out."""
+    base, kind = draw.base, draw.kind
+    noise = 0.02 * draw.noise
+    if kind == "plain":
+        img = base + noise  # == broadcast_to(base).copy() + noise, without the copy
+    elif kind == "gradient":
+        coords = (np.arange(size, dtype=np.float32) + 0.5) / size - 0.5
+        t = np.cos(draw.angle) * coords[None, :] + np.sin(draw.angle) * coords[:, None]
+        t = (t - t.min()) / (t.max() - t.min())
+        img = base * (1 - t[..., None]) + draw.other * t[..., None]
+        img = img + noise
+    else:
+        idx = np.arange(size) * len(draw.offsets) // size
+        img = base + draw.offsets[idx][:, idx][..., None]
+        img = img + noise
+    tone = "dark" if draw.light < 0.4 else "light" if draw.light > 0.6 else "grey"
     return img, f"{tone} {kind}"
+
+
+def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, str]:
+    return _render_background(_draw_background(rng, size), size)
 
 
 def _position_phrase(cx: float, cy: float, size: int) -> str:
@@ -158,6 +204,40 @@ def _position_phrase(cx: float, cy: float, size: int) -> str:
             ("in the bottom left", "at the bottom", "in the bottom right"))[row][col]
 
 
+_PLACEMENT_TRIES = 50
+_SCALAR_TRIES = 3  # tries drawn one by one; the rest (rarely needed) in one call
+
+
+def _place(rng: np.random.Generator, size: int, radius: float,
+           placed: list[tuple[float, float, float]]) -> tuple[float, float] | None:
+    """Up to 50 centres ``rng.uniform(radius, size - radius, 2)``; the first far enough from
+    every placed (x, y, r), or None. Consumes exactly the random numbers of those calls."""
+    lo, span = radius, (size - radius) - radius  # numpy: low + (high - low) * next_double
+
+    def fits(cx: float, cy: float) -> bool:
+        return all((cx - ox) ** 2 + (cy - oy) ** 2 >= (_MIN_GAP * (radius + orad)) ** 2 for ox, oy, orad in placed)
+
+    random = rng.random
+    for _ in range(_SCALAR_TRIES):
+        cx, cy = lo + span * random(), lo + span * random()
+        if fits(cx, cy):
+            return cx, cy
+    # Many tries ahead (a crowded scene): draw them all at once, then rewind the generator to
+    # just after the accepted try, so the stream is the one try-by-try drawing gives.
+    bitgen = rng.bit_generator
+    state = bitgen.state
+    rest = _PLACEMENT_TRIES - _SCALAR_TRIES
+    u = random(2 * rest).tolist()
+    for t in range(rest):
+        cx, cy = lo + span * u[2 * t], lo + span * u[2 * t + 1]
+        if fits(cx, cy):
+            if t + 1 < rest:
+                bitgen.state = state
+                random(2 * (t + 1))
+            return cx, cy
+    return None
+
+
 def _sample_objects(rng: np.random.Generator, size: int, label: int) -> list[SceneObject] | None:
     main_shape = SHAPES[label // len(COUNT_GROUPS)]
     lo, hi = list(COUNT_GROUPS.values())[label % len(COUNT_GROUPS)]
@@ -165,6 +245,7 @@ def _sample_objects(rng: np.random.Generator, size: int, label: int) -> list[Sce
     colours = list(COLOURS)
     taken: set[tuple[str, str]] = set()
     objects: list[SceneObject] = []
+    placed: list[tuple[float, float, float]] = []
     for i in range(count):
         # The main (large) object is drawn last, i.e. on top: the label's shape is never hidden.
         is_main = i == count - 1
@@ -174,14 +255,12 @@ def _sample_objects(rng: np.random.Generator, size: int, label: int) -> list[Sce
             colour = colours[rng.integers(len(colours))]
         taken.add((shape, colour))
         size_word = "large" if is_main else "small"
-        radius = rng.uniform(*SIZE_RADIUS[size_word]) * size
-        for _ in range(50):
-            cx, cy = rng.uniform(radius, size - radius, 2)
-            if all((cx - o.center[0]) ** 2 + (cy - o.center[1]) ** 2 >= (_MIN_GAP * (radius + o.radius)) ** 2
-                   for o in objects):
-                break
-        else:
+        radius = _uniform(rng, *SIZE_RADIUS[size_word]) * size
+        centre = _place(rng, size, radius, placed)
+        if centre is None:
             return None
+        cx, cy = centre
+        placed.append((cx, cy, radius))
         objects.append(SceneObject(shape=shape, colour=colour, size=size_word,
                                    texture=TEXTURES[rng.integers(len(TEXTURES))],
                                    center=(float(cx), float(cy)), radius=float(radius),
@@ -189,26 +268,39 @@ def _sample_objects(rng: np.random.Generator, size: int, label: int) -> list[Sce
     return objects
 
 
+_COLOUR_ARRAYS = {name: np.array(rgb) for name, rgb in COLOURS.items()}
+
+
 def _paint(rng: np.random.Generator, img: np.ndarray, objects: list[SceneObject]) -> np.ndarray | None:
     size = img.shape[0]
     period = max(3, size // 16)
     instances = np.zeros((size, size), dtype=np.uint8)
+    grid = np.arange(size)
+    centres = grid + 0.5  # pixel centres; centres[x0:x1] == np.arange(x0, x1) + 0.5
     windows, full_area = [], []
     for i, obj in enumerate(objects):
         cx, cy = obj.center
         x0, x1 = max(0, int(cx - obj.radius) - 1), min(size, int(cx + obj.radius) + 2)
         y0, y1 = max(0, int(cy - obj.radius) - 1), min(size, int(cy + obj.radius) + 2)
-        xs, ys = np.arange(x0, x1), np.arange(y0, y1)
-        inside = _shape_mask(obj.shape, (xs + 0.5 - cx)[None, :], (ys + 0.5 - cy)[:, None], obj.radius)
-        colour = (np.array(COLOURS[obj.colour]) + rng.integers(-15, 16, 3)).astype(np.float32) / 255
-        shade = np.where(_texture_pattern(obj.texture, xs[None, :], ys[:, None], period), 0.55, 1.0)
-        img[y0:y1, x0:x1][inside] = (shade[..., None] * colour)[inside]
-        instances[y0:y1, x0:x1][inside] = i + 1
+        xs, ys = grid[x0:x1], grid[y0:y1]
+        inside = _shape_mask(obj.shape, (centres[x0:x1] - cx)[None, :], (centres[y0:y1] - cy)[:, None], obj.radius)
+        colour = (_COLOUR_ARRAYS[obj.colour] + rng.integers(-15, 16, 3)).astype(np.float32) / 255
+        if obj.texture == "solid":  # shade 1.0 everywhere: 1.0 * colour == colour
+            paint = colour
+        else:
+            # float64 shade * float32 colour is float64, then stored in img's dtype (float64
+            # for gradient backgrounds): round exactly there.
+            dark = (0.55 * colour.astype(np.float64)).astype(img.dtype)
+            colour = colour.astype(img.dtype)
+            pattern = _texture_pattern(obj.texture, xs[None, :], ys[:, None], period)
+            paint = np.where(pattern[..., None], dark, colour)
+        np.copyto(img[y0:y1, x0:x1], paint, where=inside[..., None])
+        np.copyto(instances[y0:y1, x0:x1], i + 1, where=inside)
         windows.append((x0, x1, y0, y1))
-        full_area.append(int(inside.sum()))
+        full_area.append(int(np.count_nonzero(inside)))
     for i, (obj, (x0, x1, y0, y1)) in enumerate(zip(objects, windows)):
         visible = instances[y0:y1, x0:x1] == i + 1  # an object never leaves its own window
-        obj.area = int(visible.sum())
+        obj.area = int(np.count_nonzero(visible))
         if obj.area < _MIN_VISIBLE * full_area[i]:
             return None
         cols, rows = np.flatnonzero(visible.any(0)), np.flatnonzero(visible.any(1))
@@ -264,10 +356,14 @@ def _single_views(obj: SceneObject, background: str) -> list[str]:
     ]
 
 
-def _pair_views(a: SceneObject, b: SceneObject) -> list[str]:
+def _pair_views(a: SceneObject, b: SceneObject, plain: dict | None = None, full: dict | None = None) -> list[str]:
+    """``plain`` / ``full``: optional id(obj) -> _phrase(obj) / _phrase(obj, size, texture) caches."""
+    pa, pb = (plain[id(a)], plain[id(b)]) if plain else (_phrase(a), _phrase(b))
+    fa, fb = (full[id(a)], full[id(b)]) if full else (_phrase(a, size=True, texture=True),
+                                                       _phrase(b, size=True, texture=True))
     views = [
-        f"{_phrase(a)} {_relation(a, b)} {_phrase(b)}.",
-        f"{_phrase(a, size=True, texture=True)} and {_phrase(b, size=True, texture=True)}.",
+        f"{pa} {_relation(a, b)} {pb}.",
+        f"{fa} and {fb}.",
         # Same shape twice: name the colours, or the caption says nothing.
         f"the {a.shape} {_relation(a, b)} the {b.shape}." if a.shape != b.shape
         else f"the {a.colour} {a.shape} {_relation(a, b)} the {b.colour} {b.shape}.",
@@ -283,17 +379,24 @@ def write_captions(rng: np.random.Generator, scene: Scene, num_captions: int) ->
     objs, n = scene.objects, len(scene.objects)
     count_view = (f"{_count_phrase(objs)}.", list(range(n)))
     singles = [[(t, [i]) for t in _single_views(o, scene.background)] for i, o in enumerate(objs)]
-    order = rng.permutation(n)
+    plain = {id(o): _phrase(o) for o in objs}
+    full = {id(o): _phrase(o, size=True, texture=True) for o in objs}
+    order = rng.permutation(n).tolist()
     used: set[str] = set()
+    cached: dict[tuple[int, int], list] = {}  # k cycles through the objects: (focus, partner) repeats
     for k in range(num_captions):
-        focus = int(order[k % n])
-        options = list(singles[focus])
-        if n > 1:
-            partner = int(order[(k + 1) % n])
-            options += [(t, [focus, partner]) for t in _pair_views(objs[focus], objs[partner])]
-        options.append(count_view)
-        options = [options[j] for j in rng.permutation(len(options))]
-        text, mentioned = next((o for o in options if o[0] not in used), options[0])
+        focus = order[k % n]
+        partner = order[(k + 1) % n] if n > 1 else -1
+        options = cached.get((focus, partner))
+        if options is None:
+            options = list(singles[focus])
+            if n > 1:
+                options += [(t, [focus, partner]) for t in _pair_views(objs[focus], objs[partner], plain, full)]
+            options.append(count_view)
+            cached[focus, partner] = options
+        # == options permuted, then the first one not used yet (else the first one)
+        perm = rng.permutation(len(options)).tolist()
+        text, mentioned = next((options[j] for j in perm if options[j][0] not in used), options[perm[0]])
         used.add(text)
         scene.captions.append(text[0].upper() + text[1:])
         scene.mentions.append(sorted(mentioned))
@@ -317,14 +420,19 @@ def generate_scene(seed: int, split: str, index: int, image_size: int = 64, num_
     rng = scene_rng(seed, split, index)
     label = int(rng.integers(len(SCENE_CLASSES)))
     while True:  # rejection: placements with too much overlap are redrawn
-        img, background = _background(rng, image_size)
+        drawn = _draw_background(rng, image_size)
         objects = _sample_objects(rng, image_size, label)
         if objects is None:
-            continue
+            continue  # the background is never rendered
+        img, background = _render_background(drawn, image_size)
         instances = _paint(rng, img, objects)
         if instances is not None:
             break
-    image = np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
+    image = img * 255
+    image += 0.5
+    np.maximum(image, 0, out=image)  # == np.clip(img * 255 + 0.5, 0, 255), without its wrapper
+    np.minimum(image, 255, out=image)
+    image = image.astype(np.uint8)
     scene = Scene(image=image, instances=instances, objects=objects, label=label, background=background)
     write_captions(rng, scene, num_captions)
     return scene

@@ -256,9 +256,13 @@ class FrozenTextEncoder(nn.Module):
                 "(first: caption %d, %d tokens)",
                 len(too_long), len(texts), self.max_words, too_long[0], len(full[too_long[0]]),
             )
+        # Always run the model at the longest caption of the call; pad_to_max only zero-pads
+        # the result to max_words afterwards. Same features at the real tokens up to float
+        # rounding (CPU kernels are not bitwise invariant to the padded length), and no
+        # compute spent on up to max_words - longest padding tokens per caption.
         batch = self.tokenizer(
             texts,
-            padding="max_length" if pad_to_max else "longest",
+            padding="longest",
             truncation=True,
             max_length=self.max_words,
             return_tensors="pt",
@@ -270,6 +274,10 @@ class FrozenTextEncoder(nn.Module):
         inputs = {k: v.to(self.device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
         features = self.model(**inputs).last_hidden_state.float()
         features = features.masked_fill(~mask.to(features.device)[..., None], 0.0)
+        if pad_to_max and features.shape[1] < self.max_words:
+            extra = self.max_words - features.shape[1]
+            features = torch.nn.functional.pad(features, (0, 0, 0, extra))
+            mask = torch.nn.functional.pad(mask, (0, extra), value=False)
         return features, mask.to(features.device)
 
     def forward(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -88,3 +88,41 @@ def test_scene_design():
         assert len(scene.captions) == 8 and len(set(scene.captions)) == 8
         assert all(shape_words.search(c.lower()) for c in scene.captions)
         assert set().union(*map(set, scene.mentions)) == set(range(n))  # every object described
+
+
+def test_png_labels_are_the_bytes_pillow_writes():
+    from tcjepa.data.layouts import _encode_png_pil, encode_png
+
+    rng = np.random.default_rng(0)
+    arrays = [generate_scene(4, "val", i, image_size=size).semantic_map() for i, size in ((0, 64), (1, 96), (2, 224))]
+    arrays += [rng.integers(0, 256, (int(h), int(w))).astype(np.uint8) for h, w in rng.integers(1, 80, (20, 2))]
+    arrays.append(np.zeros((64, 64), np.uint8))
+    for a in arrays:
+        data = encode_png(a)
+        assert data == _encode_png_pil(a)
+        assert np.array_equal(np.array(Image.open(__import__("io").BytesIO(data))), a)
+
+
+def test_fast_random_draws_consume_the_stream_like_the_plain_calls():
+    """The renderer replaces rng.uniform / per-try placement draws by cheaper calls that must
+    give the same numbers and leave the generator in the same state (the format depends on it)."""
+    from tcjepa.data.scenes import _MIN_GAP, _place, _uniform
+
+    for seed in range(200):
+        a, b = np.random.default_rng(seed), np.random.default_rng(seed)
+        a.integers(5), b.integers(5)  # leave a buffered 32-bit half, as in the renderer
+        assert _uniform(a, 0.15, 0.85) == b.uniform(0.15, 0.85)
+        size, radius = 64, float(b.uniform(8, 20))
+        a.random()
+        placed = [(float(x), float(y), float(r)) for x, y, r in b.uniform(10, 54, (seed % 5, 3))]
+        a.uniform(10, 54, (seed % 5, 3))
+        got = _place(a, size, radius, placed)
+        for _ in range(50):  # the original loop
+            cx, cy = b.uniform(radius, size - radius, 2)
+            if all((cx - x) ** 2 + (cy - y) ** 2 >= (_MIN_GAP * (radius + r)) ** 2 for x, y, r in placed):
+                want = (float(cx), float(cy))
+                break
+        else:
+            want = None
+        assert got == want
+        assert a.integers(1 << 30, size=4).tolist() == b.integers(1 << 30, size=4).tolist()
