@@ -8,7 +8,7 @@ from evals.demo import DemoPlan, run_demo
 
 TINY = DemoPlan(
     train_images=64, val_images=24, captions_per_image=3, image_size=32, train_steps=3, batch_size=16,
-    linear_epochs=2, seg_iters=4, det_iters=2, det_train_images=8, det_val_images=4, seeds=[0], controls=True,
+    linear_epochs=2, seg_iters=4, det_iters=2, det_train_images=8, det_val_images=4, seeds=[0], untrained=True, shuffled_control=True,
     config_overrides=["model.encoder=vit_pico", "model.predictor_depth=2", "model.predictor_width=32",
                       "model.predictor_heads=2", "text.max_words=16", "data.num_workers=0",
                       "train.log_every=1", "train.monitor_every=1"],
