@@ -17,10 +17,10 @@ from typing import Optional
 
 import torch
 
-from evals.segmentation.mm_runtime import (
+from evals.mm_runtime import (
     INSTALL_HINT,
     FrozenBackbone,
-    allow_mmengine_checkpoints,
+    mmengine_checkpoint_globals,
     register_module_once,
     runner_defaults,
     unique_experiment_name,
@@ -157,7 +157,6 @@ def dataset_annotations(dataset: COCOInstances, work_dir: Path, name: str) -> Pa
 
 def build_runner(backbone: Backbone, train_set: COCOInstances, val_set: COCOInstances, settings: DetectionSettings,
                  work_dir: str) -> tuple[Runner, dict]:
-    allow_mmengine_checkpoints()
     train_ann, val_ann = (dataset_annotations(d, Path(work_dir), name)
                           for d, name in ((train_set, "train"), (val_set, "val")))
     model = build_model(mask_rcnn_config(dict(backbone=backbone), backbone.embed_dim, backbone.patch_size,
@@ -201,7 +200,7 @@ def run_mmdet_detection(backbone: Backbone, train_set: COCOInstances, val_set: C
     """Train Mask R-CNN with mmdet and evaluate; AP numbers in percent (as the torchvision engine)."""
     if train_set.classes != val_set.classes:
         raise ValueError("train and val annotation files define different categories")
-    with work_dir_or_temp(work_dir) as wd:
+    with work_dir_or_temp(work_dir) as wd, mmengine_checkpoint_globals():
         runner, schedule = build_runner(backbone, train_set, val_set, settings, wd)
         runner.train()
         raw = runner.test()

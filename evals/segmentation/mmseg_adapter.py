@@ -15,10 +15,10 @@ from typing import Optional
 
 import torch
 
-from evals.segmentation.mm_runtime import (
+from evals.mm_runtime import (
     INSTALL_HINT,
     FrozenBackbone,
-    allow_mmengine_checkpoints,
+    mmengine_checkpoint_globals,
     register_module_once,
     runner_defaults,
     unique_experiment_name,
@@ -155,7 +155,6 @@ def dataset_config(dataset: ADE20kSegmentation, settings: SegmentationSettings, 
 
 def build_runner(backbone: Backbone, train_set: Optional[ADE20kSegmentation], val_set: ADE20kSegmentation,
                  settings: SegmentationSettings, work_dir: str, load_from: Optional[str] = None) -> Runner:
-    allow_mmengine_checkpoints()
     # Built here rather than by the Runner, so the backbone object is injected, not copied.
     # mm models read their configs by attribute (test_cfg.mode): hence ConfigDict. The scope
     # keeps nested builds in mmseg's registries even after an mmdet runner ran in this process.
@@ -206,7 +205,7 @@ def run_mmseg_segmentation(backbone: Backbone, train_set: Optional[ADE20kSegment
     Returns mIoU / aAcc / mAcc / per_class_iou in percent, like the torch engine.
     """
     train = train_set if head is None and checkpoint is None else None
-    with work_dir_or_temp(work_dir) as wd:
+    with work_dir_or_temp(work_dir) as wd, mmengine_checkpoint_globals():
         runner = build_runner(backbone, train, val_set, settings, wd, load_from=checkpoint)
         if train is not None:
             runner.train()

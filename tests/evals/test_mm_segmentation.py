@@ -85,6 +85,10 @@ def test_mmseg_engine_trains_evaluates_and_reloads_its_checkpoint(ade_tree, tiny
     val = ADE20kSegmentation(ade_tree, "validation")
     again = run_mmseg_segmentation(tiny_backbone, None, val, settings, checkpoint=str(checkpoint))
     assert again["mIoU"] == pytest.approx(result["mIoU"], abs=0.01)
+    # ...and the allow-list does not outlive the runner: other loads stay strict.
+    assert getattr not in torch.serialization.get_safe_globals()
+    with pytest.raises(Exception, match="weights_only|WeightsUnpickler|Unsupported global"):
+        torch.load(checkpoint, weights_only=True)
 
 
 @pytest.mark.slow

@@ -67,10 +67,12 @@ def register_module_once(registry, module: type) -> None:
         registry.register_module(module=module)
 
 
-def allow_mmengine_checkpoints() -> None:
-    """Let ``torch.load(weights_only=True)`` (torch's default since 2.6) read checkpoints that
-    mmengine writes, by allow-listing the few plain classes they pickle, instead of turning
-    weights-only loading off for the whole process (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD)."""
+@contextlib.contextmanager
+def mmengine_checkpoint_globals() -> Iterator[None]:
+    """While an mm runner works, let ``torch.load(weights_only=True)`` (torch's default since
+    2.6) read the checkpoints mmengine writes, by allow-listing the few plain classes they
+    pickle. Scoped, not process-wide: once the runner is done, every other load in the process
+    (training checkpoints, user weights) is back to the strict default."""
     from mmengine.logging.history_buffer import HistoryBuffer
 
     numpy_core = getattr(np, "_core", None) or np.core  # renamed in numpy 2
@@ -78,10 +80,11 @@ def allow_mmengine_checkpoints() -> None:
     # HistoryBuffer pickles its statistics methods as getattr(HistoryBuffer, 'mean') etc. The
     # weights-only unpickler still only *calls* allow-listed callables, so getattr can only
     # fetch attributes of objects that are themselves allowed.
-    torch.serialization.add_safe_globals([
+    with torch.serialization.safe_globals([
         HistoryBuffer, getattr, collections.OrderedDict, np.ndarray, np.dtype, *dtypes,
         numpy_core.multiarray._reconstruct, numpy_core.multiarray.scalar,
-    ])
+    ]):
+        yield
 
 
 @contextlib.contextmanager
