@@ -40,12 +40,12 @@ class DemoPlan:
     val_images: int = 500
     captions_per_image: int = 6
     image_size: int = 64
-    train_steps: int = 600
+    train_steps: int = 300
     batch_size: int = 64
     linear_epochs: int = 30
     seg_iters: int = 300
-    det_iters: int = 150
-    det_train_images: int = 400
+    det_iters: int = 100
+    det_train_images: int = 300
     det_val_images: int = 100
     seeds: list[int] = field(default_factory=lambda: [0])
     untrained: bool = True  # an untrained encoder of the same architecture, evaluated alike
