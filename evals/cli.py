@@ -133,9 +133,11 @@ def split_protocol_result(result: dict, primary_choices: Sequence[str]) -> tuple
         metrics = dict(result["metrics"])
         settings = {k: v for k, v in result.items() if k != "metrics"}
     else:
-        metrics = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        # None is a metric without a value (COCO's APs when no object of that size exists), not a setting.
+        metrics = {k: v for k, v in result.items()
+                   if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))}
         settings = {k: v for k, v in result.items() if k not in metrics}
-    if not metrics:
+    if not any(v is not None for v in metrics.values()):
         raise RuntimeError(f"protocol returned no numeric metrics: {sorted(result)}")
     primary = next((m for m in primary_choices if m in metrics), next(iter(metrics)))
     return metrics, primary, settings

@@ -30,6 +30,7 @@ CONFIGS = {
     "I-JEPA": REPO / "configs/cpu/scenes_ijepa.yaml",
     "TC-JEPA": REPO / "configs/cpu/scenes_tcjepa.yaml",
 }
+TASKS = ("linear", "ade20k", "coco")
 SHUFFLED = "TC-JEPA (shuffled captions)"
 UNTRAINED = "untrained"
 
@@ -44,9 +45,16 @@ class DemoPlan:
     batch_size: int = 64
     linear_epochs: int = 30
     seg_iters: int = 300
-    det_iters: int = 100
-    det_train_images: int = 300
+    # Mask R-CNN on a 2-core CPU: a narrow pyramid and fewer sampled RoIs make an iteration ~3 s
+    # instead of ~10 s (the mask head dominates); scenes hold at most 4 objects.
+    det_iters: int = 60
+    det_train_images: int = 240
     det_val_images: int = 100
+    det_pyramid_channels: int = 64
+    det_rois_per_image: int = 128
+    det_detections_per_image: int = 20
+    det_lr: float = 0.02
+    tasks: list[str] = field(default_factory=lambda: list(TASKS))
     seeds: list[int] = field(default_factory=lambda: [0])
     untrained: bool = True  # an untrained encoder of the same architecture, evaluated alike
     shuffled_control: bool = False  # TC-JEPA on captions shuffled across images (the gain must vanish)
@@ -175,11 +183,16 @@ def evaluate(backbone_args: list[str], method: str, data: Path, runs: Path, plan
                    "--crop-size", str(plan.image_size), "--batch-size", "16", "--seed", str(seed)],
         "coco": ["--data", str(data / "coco"), "--engine", "torchvision", "--max-iters", str(plan.det_iters),
                  "--warmup-iters", str(max(1, plan.det_iters // 10)), "--min-size", str(plan.image_size * 2),
-                 "--max-size", str(plan.image_size * 2), "--batch-size", "4",
+                 "--max-size", str(plan.image_size * 2), "--batch-size", "4", "--lr", str(plan.det_lr),
+                 "--pyramid-channels", str(plan.det_pyramid_channels),
+                 "--rois-per-image", str(plan.det_rois_per_image),
+                 "--detections-per-image", str(plan.det_detections_per_image),
                  "--max-train-images", str(plan.det_train_images), "--max-val-images", str(plan.det_val_images),
                  "--seed", str(seed)],
     }
     for task, args in tasks.items():
+        if task not in plan.tasks:
+            continue
         log(f"{method} (seed {seed}): {task}")
         code = eval_main([task, *common, *args])
         if code != 0:
@@ -312,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also train TC-JEPA on captions shuffled across images (the control of the study)")
     p.add_argument("--seeds", type=int, nargs="+", help="pretraining seeds (default: 0)")
     p.add_argument("--steps", type=int, help="pretraining steps per encoder")
+    p.add_argument("--tasks", nargs="+", choices=TASKS, help="evaluations to run (default: all three)")
     p.add_argument("--data", type=Path, help="scenes folder (default: data/scenes or data/scenes-quick)")
     p.add_argument("--work", type=Path, help="runs folder (default: runs/demo or runs/demo-quick)")
     p.add_argument("--out", type=Path, help="results folder (default: results/demo or results/demo-quick)")
@@ -327,6 +341,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         plan.seeds = args.seeds
     if args.steps:
         plan.train_steps = args.steps
+    if args.tasks:
+        plan.tasks = args.tasks
     plan.shuffled_control = args.shuffled_control
     suffix = "-quick" if args.quick else ""
     extra = []

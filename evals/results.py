@@ -53,7 +53,7 @@ def run_record(
     backbone_info: dict,
     pretraining_data: str,
     task: str,
-    metrics: dict[str, float],
+    metrics: dict[str, Optional[float]],
     metric: str,
     protocol: dict,
     command: Optional[str] = None,
@@ -70,7 +70,7 @@ def run_record(
         "task": task,
         "metric": metric,
         "value": float(metrics[metric]),
-        "metrics": {k: float(v) for k, v in metrics.items()},
+        "metrics": {k: None if v is None else float(v) for k, v in metrics.items()},  # None: no value exists
         "protocol": {"backbone": backbone_info, **protocol},
         "command": command if command is not None else shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "git_commit": commit,

@@ -59,7 +59,7 @@ register_module_once(MODELS, SimpleFPNNeck)
 
 
 def mask_rcnn_config(backbone_cfg: dict, embed_dim: int, patch_size: int, mean, std, num_classes: int,
-                     channels: int = 256, detections_per_image: int = 100) -> dict:
+                     channels: int = 256, detections_per_image: int = 100, rois_per_image: int = 512) -> dict:
     """mmdet's mask-rcnn_r50_fpn_1x_coco model with our backbone and neck."""
     strides = list(STRIDES)
 
@@ -103,7 +103,7 @@ def mask_rcnn_config(backbone_cfg: dict, embed_dim: int, patch_size: int, mean, 
             rcnn=dict(
                 assigner=dict(type="MaxIoUAssigner", pos_iou_thr=0.5, neg_iou_thr=0.5, min_pos_iou=0.5,
                               match_low_quality=True, ignore_iof_thr=-1),
-                sampler=dict(type="RandomSampler", num=512, pos_fraction=0.25, neg_pos_ub=-1, add_gt_as_proposals=True),
+                sampler=dict(type="RandomSampler", num=rois_per_image, pos_fraction=0.25, neg_pos_ub=-1, add_gt_as_proposals=True),
                 mask_size=28, pos_weight=-1, debug=False)),
         test_cfg=dict(
             rpn=dict(nms_pre=1000, max_per_img=1000, nms=dict(type="nms", iou_threshold=0.7), min_bbox_size=0),
@@ -161,7 +161,8 @@ def build_runner(backbone: Backbone, train_set: COCOInstances, val_set: COCOInst
                           for d, name in ((train_set, "train"), (val_set, "val")))
     model = build_model(mask_rcnn_config(dict(backbone=backbone), backbone.embed_dim, backbone.patch_size,
                                          backbone.mean, backbone.std, train_set.num_classes,
-                                         settings.pyramid_channels, settings.detections_per_image))
+                                         settings.pyramid_channels, settings.detections_per_image,
+                                         settings.rois_per_image))
     iters_per_epoch = math.ceil(len(train_set) / settings.batch_size)
     total = settings.total_iters(iters_per_epoch)
     warmup = min(settings.warmup_iters, max(total // 4, 1))

@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--min-size", type=int, default=800, help="short side of resized images (default: 800)")
     g.add_argument("--max-size", type=int, default=1333, help="cap on the long side (default: 1333)")
     g.add_argument("--pyramid-channels", type=int, default=256, help="channels of the feature pyramid (default: 256)")
+    g.add_argument("--rois-per-image", type=int, default=512,
+                   help="RoIs sampled per training image for the box and mask heads (default: 512, as mmdet's 1x; "
+                        "fewer make CPU runs much cheaper)")
     g.add_argument("--detections-per-image", type=int, default=100,
                    help="detections kept per image, COCO's maxDets (default: 100)")
     g.add_argument("--max-train-images", type=int, default=None, help="use only the first N training images")
@@ -55,7 +58,7 @@ def settings_from_args(args: argparse.Namespace) -> DetectionSettings:
     return DetectionSettings(
         epochs=args.epochs, max_iters=args.max_iters, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, warmup_iters=args.warmup_iters, min_size=args.min_size,
-        max_size=args.max_size, pyramid_channels=args.pyramid_channels,
+        max_size=args.max_size, pyramid_channels=args.pyramid_channels, rois_per_image=args.rois_per_image,
         detections_per_image=args.detections_per_image, device=args.device,
         num_workers=args.num_workers, seed=args.seed,
     )
@@ -95,6 +98,8 @@ def run(backbone: Backbone, args: argparse.Namespace) -> dict:
         "schedule": "SGD momentum 0.9, linear warmup, x0.1 at 8/12 and 11/12 of training",
         "weight_decay": settings.weight_decay,
         "detections_per_image": settings.detections_per_image,
+        "pyramid_channels": settings.pyramid_channels,
+        "rois_per_image": settings.rois_per_image,
         "train_augmentation": "horizontal flip",
     }
     if args.out:

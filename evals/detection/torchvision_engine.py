@@ -39,6 +39,7 @@ class DetectionSettings:
     min_size: int = 800  # short side of the resized image
     max_size: int = 1333
     pyramid_channels: int = 256
+    rois_per_image: int = 512  # RoIs sampled per image for the box and mask heads (mmdet's 1x: 512)
     detections_per_image: int = 100  # COCO's maxDets
     device: str = "cpu"
     num_workers: int = 0
@@ -78,6 +79,7 @@ def build_mask_rcnn(backbone: Backbone, num_classes: int, settings: DetectionSet
         min_size=settings.min_size, max_size=settings.max_size,
         image_mean=list(backbone.mean), image_std=list(backbone.std),
         box_detections_per_img=settings.detections_per_image,
+        box_batch_size_per_image=settings.rois_per_image,
     )
 
 

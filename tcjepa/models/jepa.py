@@ -31,6 +31,14 @@ def prediction_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torc
     raise ValueError(f"unknown pred_loss {kind!r}")
 
 
+
+def token_spread(features: torch.Tensor) -> torch.Tensor:
+    """Per-channel std across every token of the batch, averaged over channels: the collapse check.
+
+    Targets are layer-normed per token, so their std over channels is 1 by construction and
+    says nothing; a collapsed encoder maps all tokens to one vector, which drives this to 0."""
+    return features.float().flatten(0, -2).std(dim=0).mean()
+
 class JEPA(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()
@@ -93,7 +101,7 @@ class JEPA(nn.Module):
         target = self.targets(images, target_idx)
         out = self.predict(images, context_idx, target_idx, context_valid, text, text_mask)
         loss_pred = prediction_loss(out.pred, target, self.cfg.loss.pred_loss)
-        stats = {"loss_pred": loss_pred.detach(), "target_std": target.float().std(dim=-1).mean().detach()}
+        stats = {"loss_pred": loss_pred.detach(), "target_std": token_spread(target).detach()}
         loss = loss_pred
         if out.cosines:
             terms = grounding_terms(out.cosines, out.word_mask, out.token_valid)

@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import torch
 
-from ..models.jepa import JEPA, prediction_loss
+from ..models.jepa import JEPA, prediction_loss, token_spread
 
 
 class MetricsLogger:
@@ -107,7 +107,7 @@ def probe_monitors(model: JEPA, batch: dict[str, Any]) -> dict[str, Any]:
     cvalid = batch.get("context_valid")
     target = model.targets(images, tidx)
     kind = model.cfg.loss.pred_loss
-    metrics: dict[str, Any] = {"probe_target_std": target.float().std(dim=-1).mean().item()}
+    metrics: dict[str, Any] = {"probe_target_std": token_spread(target).item()}
     if model.text_enabled:
         text, mask = batch["text"], batch["text_mask"]
         out = model.predict(images, cidx, tidx, cvalid, text, mask, return_attention=True)

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from tcjepa.config import load_config
-from tcjepa.models.jepa import JEPA, prediction_loss
+from tcjepa.models.jepa import JEPA, prediction_loss, token_spread
 
 TINY = ["model.encoder=vit_pico", "model.patch_size=8", "data.image_size=32", "model.predictor_depth=2",
         "model.predictor_width=32", "model.predictor_heads=2", "text.dim=12"]
@@ -88,3 +88,13 @@ def test_ema_update_formula():
             torch.testing.assert_close(p, 0.9 * before[n] + 0.1 * online[n])
         else:  # fixed sin-cos positions are not averaged
             torch.testing.assert_close(p, before[n])
+
+
+def test_collapse_check_sees_collapse_that_per_token_std_hides():
+    # Layer-normed features of a collapsed encoder: every token the same unit-std vector.
+    one = F.layer_norm(torch.randn(64), (64,))
+    collapsed = one.expand(3, 2, 5, 64)
+    healthy = F.layer_norm(torch.randn(3, 2, 5, 64), (64,))
+    assert collapsed.std(dim=-1).mean() > 0.9  # the old check read ~1 here too
+    assert token_spread(collapsed) < 1e-6
+    assert token_spread(healthy) > 0.5
