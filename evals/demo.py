@@ -25,14 +25,14 @@ from typing import Optional
 
 import numpy as np
 
+from evals.demo_report import SHUFFLED, UNTRAINED, summarize
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {
     "I-JEPA": REPO / "configs/cpu/scenes_ijepa.yaml",
     "TC-JEPA": REPO / "configs/cpu/scenes_tcjepa.yaml",
 }
 TASKS = ("linear", "ade20k", "coco")
-SHUFFLED = "TC-JEPA (shuffled captions)"
-UNTRAINED = "untrained"
 
 
 @dataclass
@@ -202,45 +202,6 @@ def evaluate(backbone_args: list[str], method: str, data: Path, runs: Path, plan
 # ----------------------------------------------------------------------------- report
 
 
-def summarize(runs: Path, out: Path, command: str) -> Path:
-    import pandas as pd
-
-    from evals.results import read_runs
-    from evals.tables import to_markdown
-
-    rows = []
-    for seed_dir in sorted(runs.glob("seed*")):
-        for r in read_runs(seed_dir):
-            for name, value in r["metrics"].items():
-                rows.append({"method": r["method"], "task": r["task"], "metric": name, "value": value,
-                             "seed": int(seed_dir.name[4:]), "git_commit": r["git_commit"],
-                             "hardware": r["hardware"]})
-    df = pd.DataFrame(rows)
-    keep = {("in1k_linear", "top1"), ("ade20k_linear", "mIoU"), ("ade20k_linear", "aAcc"),
-            ("coco_det", "bbox_AP"), ("coco_det", "bbox_AP50"), ("coco_det", "segm_AP")}
-    df = df[[(t, m) in keep for t, m in zip(df.task, df.metric)]]
-    stats = df.groupby(["method", "task", "metric"])["value"].agg(["mean", "std", "count"]).reset_index()
-    stats["std"] = stats["std"].fillna(0.0)
-    stats["source"] = "measured"
-    stats["command"] = command
-    stats["git_commit"] = df["git_commit"].iloc[0] if len(df) else None
-    stats["hardware"] = df["hardware"].iloc[0] if len(df) else None
-    out.mkdir(parents=True, exist_ok=True)
-    csv = out / "comparison.csv"
-    stats.to_csv(csv, index=False)
-    wide = stats.assign(cell=[f"{m:.2f} ± {s:.2f} (n={int(c)})" for m, s, c in zip(stats["mean"], stats["std"],
-                                                                                     stats["count"])])
-    wide = wide.pivot_table(index="method", columns=["task", "metric"], values="cell", aggfunc="first")
-    wide.columns = [f"{t} {m}" for t, m in wide.columns]
-    note = (f"Mean ± std over pretraining seeds (n = seeds). Measured by `{command}` at commit "
-            f"{stats['git_commit'].iloc[0]} on {stats['hardware'].iloc[0]}.\n\n") if len(stats) else ""
-    (out / "comparison.md").write_text(
-        to_markdown(wide.reset_index(), "Demo: frozen encoders on the synthetic captioned scenes")
-        .replace("\n\n", "\n\n" + note, 1)
-    )
-    return csv
-
-
 def draw_pictures(run_dirs: dict[str, Path], tcjepa_cfg, tcjepa_ckpt: Path, out: Path, text_cache: Path) -> None:
     import torch
 
@@ -272,49 +233,75 @@ def draw_pictures(run_dirs: dict[str, Path], tcjepa_cfg, tcjepa_ckpt: Path, out:
 # ----------------------------------------------------------------------------- main
 
 
+def run_directories(work: Path, seed: int, shuffled: bool) -> dict[str, Path]:
+    dirs = {"I-JEPA": work / f"ijepa-s{seed}", "TC-JEPA": work / f"tcjepa-s{seed}"}
+    if shuffled:
+        dirs[SHUFFLED] = work / f"tcjepa-shuffled-s{seed}"
+    return dirs
+
+
+def eval_runs_dir(work: Path, out: Path) -> Path:
+    """Eval records of one results folder: a demo and a seed study can share trained encoders."""
+    return work / f"eval_runs-{out.name}"
+
+
 def run_demo(plan: DemoPlan, data: Path, work: Path, out: Path, extra_backbones: list[tuple[str, str]],
-             command: str = "python -m evals.demo") -> Path:
+             command: str = "python -m evals.demo", report_only: bool = False) -> Path:
     t0 = time.time()
     ensure_scenes(data, plan)
-    runs = work / "eval_runs"
-    if runs.exists():
-        shutil.rmtree(runs)  # the table reflects this invocation only
+    runs = eval_runs_dir(work, out)
     tc_cfg0 = train_config("TC-JEPA", data, work, plan, 0, None)
     cache = ensure_text_cache(data, "captions.jsonl", tc_cfg0)
+    if not report_only:
+        if runs.exists():
+            shutil.rmtree(runs)  # the table reflects this invocation only
+        train_and_evaluate(plan, data, work, runs, cache, extra_backbones)
+
+    csv = summarize(runs, out, command)
+    run_dirs = {f"{method} s{seed}": d for seed in plan.seeds
+                for method, d in run_directories(work, seed, plan.shuffled_control).items()}
+    tc_cfg = train_config("TC-JEPA", data, run_dirs[f"TC-JEPA s{plan.seeds[-1]}"], plan, plan.seeds[-1], cache)
+    draw_pictures(run_dirs, tc_cfg, find_checkpoint(tc_cfg), out, cache)
+    (out / "plan.json").write_text(json.dumps(asdict(plan), indent=1))
+    log(f"done in {(time.time() - t0) / 60:.1f} min: {csv}, {out / 'comparison.md'}, "
+        f"{out / 'training_curves.png'}, {out / 'grounding_maps.png'}")
+    print((out / "comparison.md").read_text())
+    return csv
+
+
+def find_checkpoint(cfg) -> Path:
+    from tcjepa.train.checkpoint import find_resume_checkpoint
+
+    ckpt = find_resume_checkpoint(cfg.train.out_dir)
+    if ckpt is None:
+        raise FileNotFoundError(f"no checkpoint in {cfg.train.out_dir}: run the demo without --report-only first")
+    return Path(ckpt)
+
+
+def train_and_evaluate(plan: DemoPlan, data: Path, work: Path, runs: Path, cache: Path,
+                       extra_backbones: list[tuple[str, str]]) -> None:
     shuffled_cache = None
     if plan.shuffled_control:
-        shuffled_name = write_shuffled_captions(data)
-        shuffled_cache = ensure_text_cache(data, shuffled_name, tc_cfg0)
-
-    run_dirs, last_tc = {}, None
+        tc_cfg0 = train_config("TC-JEPA", data, work, plan, 0, None)
+        shuffled_cache = ensure_text_cache(data, write_shuffled_captions(data), tc_cfg0)
     for seed in plan.seeds:
+        dirs = run_directories(work, seed, plan.shuffled_control)
         trained = {
-            "I-JEPA": train_config("I-JEPA", data, work / f"ijepa-s{seed}", plan, seed, None),
-            "TC-JEPA": train_config("TC-JEPA", data, work / f"tcjepa-s{seed}", plan, seed, cache),
+            "I-JEPA": train_config("I-JEPA", data, dirs["I-JEPA"], plan, seed, None),
+            "TC-JEPA": train_config("TC-JEPA", data, dirs["TC-JEPA"], plan, seed, cache),
         }
         if plan.shuffled_control:
-            trained[SHUFFLED] = train_config(SHUFFLED, data, work / f"tcjepa-shuffled-s{seed}", plan, seed,
-                                             shuffled_cache, captions_file="captions_shuffled.jsonl")
+            trained[SHUFFLED] = train_config(SHUFFLED, data, dirs[SHUFFLED], plan, seed, shuffled_cache,
+                                             captions_file="captions_shuffled.jsonl")
         for method, cfg in trained.items():
             ckpt = pretrain(method, cfg)
-            run_dirs[f"{method} s{seed}"] = Path(cfg.train.out_dir)
             evaluate(["--ckpt", str(ckpt)], method, data, runs / f"seed{seed}", plan, seed)
-            if method == "TC-JEPA":
-                last_tc = (cfg, ckpt)
         if plan.untrained:
             ckpt = untrained_checkpoint(trained["I-JEPA"], work / f"untrained-s{seed}" / "init.pt")
             evaluate(["--ckpt", str(ckpt)], UNTRAINED, data, runs / f"seed{seed}", plan, seed)
     for name, weights in extra_backbones:
         evaluate(["--backbone", name, "--weights", weights, "--image-size", str(plan.image_size)],
                  name, data, runs / f"seed{plan.seeds[0]}", plan, plan.seeds[0])
-
-    csv = summarize(runs, out, command)
-    draw_pictures({k: v for k, v in run_dirs.items()}, last_tc[0], last_tc[1], out, cache)
-    (out / "plan.json").write_text(json.dumps(asdict(plan), indent=1))
-    log(f"done in {(time.time() - t0) / 60:.1f} min: {csv}, {out / 'comparison.md'}, "
-        f"{out / 'training_curves.png'}, {out / 'grounding_maps.png'}")
-    print((out / "comparison.md").read_text())
-    return csv
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -329,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, help="scenes folder (default: data/scenes or data/scenes-quick)")
     p.add_argument("--work", type=Path, help="runs folder (default: runs/demo or runs/demo-quick)")
     p.add_argument("--out", type=Path, help="results folder (default: results/demo or results/demo-quick)")
+    p.add_argument("--report-only", action="store_true",
+                   help="rebuild results/ from the trained encoders and eval records of an earlier run")
     p.add_argument("--backbone", action="append", default=[], metavar="NAME=WEIGHTS",
                    help="also evaluate a registered backbone (dinov2, siglip2, ijepa, ...) from local weights")
     return p
@@ -351,9 +340,11 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"error: --backbone {item!r}: expected NAME=WEIGHTS", file=sys.stderr)
             return 2
         extra.append(tuple(item.split("=", 1)))
+    # The command that made the numbers: a --report-only rebuild credits the run it read.
+    made_by = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report-only"]
     run_demo(plan, args.data or REPO / f"data/scenes{suffix}", args.work or REPO / f"runs/demo{suffix}",
              args.out or REPO / f"results/demo{suffix}", extra,
-             command=" ".join(["python -m evals.demo", *(argv if argv is not None else sys.argv[1:])]))
+             command=" ".join(["python -m evals.demo", *made_by]), report_only=args.report_only)
     return 0
 
 

@@ -8,7 +8,7 @@ from evals.demo import DemoPlan, run_demo
 
 TINY = DemoPlan(
     train_images=64, val_images=24, captions_per_image=3, image_size=32, train_steps=3, batch_size=16,
-    linear_epochs=2, seg_iters=4, det_iters=2, det_train_images=8, det_val_images=4, seeds=[0], untrained=True, shuffled_control=True,
+    linear_epochs=2, seg_iters=4, det_iters=2, det_train_images=8, det_val_images=4, seeds=[0, 1], untrained=True, shuffled_control=True,
     config_overrides=["model.encoder=vit_pico", "model.predictor_depth=2", "model.predictor_width=32",
                       "model.predictor_heads=2", "text.max_words=16", "data.num_workers=0",
                       "train.log_every=1", "train.monitor_every=1"],
@@ -19,7 +19,8 @@ TINY = DemoPlan(
 def test_demo_writes_every_artefact_with_finite_metrics(tmp_path):
     out = tmp_path / "results"
     csv = run_demo(TINY, tmp_path / "scenes", tmp_path / "runs", out, extra_backbones=[], command="pytest")
-    for name in ("comparison.csv", "comparison.md", "training_curves.png", "grounding_maps.png", "plan.json"):
+    for name in ("comparison.csv", "per_seed.csv", "verdict.csv", "comparison.md", "training_curves.png",
+                 "grounding_maps.png", "plan.json"):
         assert (out / name).stat().st_size > 0, name
     df = pd.read_csv(csv)
     assert set(df.method) == {"I-JEPA", "TC-JEPA", "TC-JEPA (shuffled captions)", "untrained"}
@@ -27,3 +28,21 @@ def test_demo_writes_every_artefact_with_finite_metrics(tmp_path):
     for _, row in df.iterrows():
         assert math.isfinite(row["mean"]) and 0.0 <= row["mean"] <= 100.0, row.to_dict()
     assert (df.groupby("method").size() == df.groupby("method").size().iloc[0]).all()
+    assert (df["count"] == 2).all()  # both seeds reach every cell
+
+    verdict = pd.read_csv(out / "verdict.csv")
+    tc_vs_i = verdict[(verdict.method == "TC-JEPA") & (verdict.baseline == "I-JEPA")]
+    assert {("in1k_linear", "top1"), ("ade20k_linear", "mIoU")} <= set(zip(tc_vs_i.task, tc_vs_i.metric))
+    assert set(verdict.verdict) <= {"ahead beyond seed spread", "behind beyond seed spread", "within seed spread"}
+    per_seed = pd.read_csv(out / "per_seed.csv")
+    row = tc_vs_i[tc_vs_i.metric == "top1"].iloc[0]
+    top1 = per_seed[per_seed.metric == "top1"].pivot_table(index="seed", columns="method", values="value")
+    assert row["delta"] == pytest.approx(top1["TC-JEPA"].mean() - top1["I-JEPA"].mean())
+    assert "Verdict" in (out / "comparison.md").read_text()
+
+    # --report-only rebuilds the same tables from the stored encoders and eval records.
+    before = (out / "verdict.csv").read_text()
+    for f in out.iterdir():
+        f.unlink()
+    run_demo(TINY, tmp_path / "scenes", tmp_path / "runs", out, [], command="pytest", report_only=True)
+    assert (out / "verdict.csv").read_text() == before and (out / "grounding_maps.png").exists()
