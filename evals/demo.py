@@ -33,6 +33,7 @@ CONFIGS = {
     "TC-JEPA": REPO / "configs/cpu/scenes_tcjepa.yaml",
 }
 TASKS = ("linear", "ade20k", "coco")
+TASK_RECORDS = {"linear": "in1k_linear", "ade20k": "ade20k_linear", "coco": "coco_det"}  # CLI name -> record task
 
 
 @dataclass

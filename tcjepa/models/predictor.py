@@ -146,10 +146,10 @@ class Predictor(nn.Module):
         self.text_dim = text_dim
         self.conditioning = conditioning if text_dim is not None else None
         layers = list(range(depth)) if conditioned_layers is None else list(conditioned_layers)
-        if any(not 0 <= i < depth for i in layers):
+        if any(not -depth <= i < depth for i in layers):
             raise ValueError(f"conditioned_layers {layers} out of range for predictor depth {depth}")
         block_text = self.conditioning in ("xattn", "caption_xattn", "adaln")
-        self.conditioned_layers = set(layers) if block_text else set()
+        self.conditioned_layers = {i % depth for i in layers} if block_text else set()  # -1 = the last layer
 
         self.embed = nn.Linear(embed_dim, dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))

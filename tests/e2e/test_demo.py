@@ -1,8 +1,10 @@
 """The whole pipeline through the demo's entry point, on tiny data and models."""
 import math
+from dataclasses import replace
 
 import pandas as pd
 import pytest
+import yaml
 
 from evals.demo import DemoPlan, run_demo
 
@@ -46,3 +48,22 @@ def test_demo_writes_every_artefact_with_finite_metrics(tmp_path):
         f.unlink()
     run_demo(TINY, tmp_path / "scenes", tmp_path / "runs", out, [], command="pytest", report_only=True)
     assert (out / "verdict.csv").read_text() == before and (out / "grounding_maps.png").exists()
+
+
+@pytest.mark.slow
+def test_ablation_study_trains_variants_and_reuses_demo_encoders(tmp_path):
+    from evals.ablations import run_ablations
+
+    plan = replace(TINY, seeds=[0], untrained=False, shuffled_control=False, tasks=["linear", "ade20k"])
+    variants = ["I-JEPA", "no regularizers", "single layer"]
+    csv = run_ablations(plan, variants, tmp_path / "scenes", tmp_path / "runs", tmp_path / "abl", command="pytest")
+    df = pd.read_csv(csv)
+    assert set(df.method) == set(variants) and set(df.task) == {"in1k_linear", "ade20k_linear"}
+    assert (tmp_path / "abl" / "ablations.png").stat().st_size > 0
+    assert (tmp_path / "runs" / "ijepa-s0").is_dir()  # the demo's folder: a demo run is reused, not retrained
+    cfg = yaml.safe_load((tmp_path / "runs" / "tcjepa-single-layer-s0" / "config.yaml").read_text())
+    assert cfg["model"]["conditioned_layers"] == [-1] and cfg["loss"]["sparse_weight"] > 0
+    # A second call finds every variant evaluated and only rewrites the report.
+    mtimes = {p: p.stat().st_mtime for p in (tmp_path / "runs").rglob("checkpoint-*.pt")}
+    run_ablations(plan, variants, tmp_path / "scenes", tmp_path / "runs", tmp_path / "abl", command="pytest")
+    assert mtimes == {p: p.stat().st_mtime for p in (tmp_path / "runs").rglob("checkpoint-*.pt")}

@@ -156,6 +156,10 @@ def test_conditioned_layers_subset():
     assert [hasattr(b, "xattn") for b in pred.blocks] == [False, True, False]
     with pytest.raises(ValueError, match="out of range"):
         Predictor(24, (4, 4), 16, depth=3, num_heads=2, text_dim=12, conditioned_layers=[3])
+    last = Predictor(24, (4, 4), 16, depth=3, num_heads=2, text_dim=12, conditioned_layers=[-1])
+    assert [hasattr(b, "xattn") for b in last.blocks] == [False, False, True]
+    with pytest.raises(ValueError, match="out of range"):
+        Predictor(24, (4, 4), 16, depth=3, num_heads=2, text_dim=12, conditioned_layers=[-4])
 
 
 def _text_input(text, mask):

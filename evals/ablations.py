@@ -1,0 +1,141 @@
+"""Ablations of TC-JEPA on the embedded scenes: same data, budget and seeds as the demo.
+
+Each variant is the CPU TC-JEPA config plus a few overrides (the paper's ablation directions,
+SPEC.md section 8); I-JEPA and TC-JEPA on captions shuffled across images are the two
+references. Every encoder gets the demo's linear probe and linear segmentation; the study
+writes ``ablations.csv`` (mean, std, n per variant), ``per_seed.csv`` and ``ablations.png``.
+
+    python -m evals.ablations --seeds 0 1 2                  # every variant (hours on 2 CPU cores)
+    python -m evals.ablations --variants "no regularizers" "N=1" --seeds 0
+
+Encoders live in the demo's runs folder by default, so the demo's I-JEPA / TC-JEPA /
+shuffled-caption encoders of the same seeds are reused rather than trained again.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Optional
+
+from evals.demo import (REPO, DemoPlan, ensure_scenes, ensure_text_cache, eval_runs_dir, evaluate, log, pretrain,
+                        run_directories, train_config, write_shuffled_captions)
+from evals.demo_report import SHUFFLED, per_seed_metrics
+
+FULL = "TC-JEPA"
+# name -> overrides of the CPU TC-JEPA config; FULL, I-JEPA and SHUFFLED are built specially.
+VARIANTS: dict[str, list[str]] = {
+    FULL: [],
+    "I-JEPA": [],
+    SHUFFLED: [],
+    "no regularizers": ["loss.sparse_weight=0", "loss.consist_weight=0"],
+    "sparse only": ["loss.consist_weight=0"],
+    "consistency only": ["loss.sparse_weight=0"],
+    "N=1": ["data.num_captions=1"],
+    "N=8": ["data.num_captions=8"],  # scenes have 6 captions: sampled with replacement, as the loader does
+    "mean pooling": ["model.caption_pool=mean"],
+    "attention pooling": ["model.caption_pool=attention"],
+    "block pool point": ["model.caption_pool_point=block"],
+    "single layer": ["model.conditioned_layers=[-1]"],  # the last predictor layer only
+}
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def variant_config(name: str, data: Path, work: Path, plan: DemoPlan, seed: int, cache: Path,
+                   shuffled_cache: Optional[Path]):
+    demo_dirs = run_directories(work, seed, shuffled=True)
+    if name in demo_dirs:  # the demo's own encoders
+        cache_for = {"I-JEPA": None, FULL: cache, SHUFFLED: shuffled_cache}[name]
+        captions = "captions_shuffled.jsonl" if name == SHUFFLED else "captions.jsonl"
+        return train_config(name, data, demo_dirs[name], plan, seed, cache_for, captions_file=captions)
+    variant_plan = replace(plan, config_overrides=[*plan.config_overrides, *VARIANTS[name]])
+    return train_config(FULL, data, work / f"tcjepa-{slug(name)}-s{seed}", variant_plan, seed, cache)
+
+
+def run_ablations(plan: DemoPlan, variants: list[str], data: Path, work: Path, out: Path, command: str) -> Path:
+    ensure_scenes(data, plan)
+    cfg0 = train_config(FULL, data, work, plan, 0, None)
+    cache = ensure_text_cache(data, "captions.jsonl", cfg0)
+    shuffled_cache = ensure_text_cache(data, write_shuffled_captions(data), cfg0) if SHUFFLED in variants else None
+    runs = eval_runs_dir(work, out)
+    for seed in plan.seeds:
+        for name in variants:
+            if evaluated(runs / f"seed{seed}", name, plan):
+                log(f"{name} (seed {seed}): already evaluated")
+                continue
+            cfg = variant_config(name, data, work, plan, seed, cache, shuffled_cache)
+            ckpt = pretrain(name, cfg)
+            evaluate(["--ckpt", str(ckpt)], name, data, runs / f"seed{seed}", plan, seed)
+    return write_ablation_report(runs, out, variants, command)
+
+
+def evaluated(runs: Path, method: str, plan: DemoPlan) -> bool:
+    """Whether every task of the plan has a record for this method (an interrupted study resumes)."""
+    from evals.demo import TASK_RECORDS
+    from evals.results import read_runs
+
+    done = {r["task"] for r in read_runs(runs) if r["method"] == method} if runs.exists() else set()
+    return {TASK_RECORDS[t] for t in plan.tasks} <= done
+
+
+def write_ablation_report(runs: Path, out: Path, variants: list[str], command: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    per_seed = per_seed_metrics(runs)
+    per_seed = per_seed[per_seed.method.isin(variants)]
+    stats = per_seed.groupby(["method", "task", "metric"])["value"].agg(["mean", "std", "count"]).reset_index()
+    stats["std"] = stats["std"].fillna(0.0)
+    stats = stats.assign(source="measured", command=command,
+                         git_commit=per_seed["git_commit"].iloc[0] if len(per_seed) else None,
+                         hardware=per_seed["hardware"].iloc[0] if len(per_seed) else None)
+    out.mkdir(parents=True, exist_ok=True)
+    csv = out / "ablations.csv"
+    stats.to_csv(csv, index=False)
+    per_seed.to_csv(out / "per_seed.csv", index=False)
+
+    panels = [("in1k_linear", "top1", "linear probe top-1"), ("ade20k_linear", "mIoU", "linear segmentation mIoU")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(12, 0.45 * len(variants) + 1.5))
+    for ax, (task, metric, title) in zip(axes, panels):
+        rows = stats[(stats.task == task) & (stats.metric == metric)].set_index("method").reindex(variants)
+        ax.barh(range(len(variants)), rows["mean"], xerr=rows["std"], color="tab:blue", alpha=0.8)
+        ax.set_yticks(range(len(variants)), variants)
+        ax.invert_yaxis()
+        ax.set_title(f"{title} (mean ± std over seeds)")
+        ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "ablations.png", dpi=100)
+    plt.close(fig)
+    log(f"ablations: {csv}, {out / 'ablations.png'}")
+    return csv
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m evals.ablations", description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), metavar="NAME",
+                   help=f"variants to run (default: all): {', '.join(VARIANTS)}")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="pretraining seeds (default: 0 1 2)")
+    p.add_argument("--steps", type=int, help="pretraining steps per encoder (default: the demo's)")
+    p.add_argument("--data", type=Path, default=REPO / "data/scenes", help="scenes folder (default: data/scenes)")
+    p.add_argument("--work", type=Path, default=REPO / "runs/demo",
+                   help="runs folder, shared with the demo to reuse its encoders (default: runs/demo)")
+    p.add_argument("--out", type=Path, default=REPO / "results/ablations", help="default: results/ablations")
+    args = p.parse_args(argv)
+    plan = DemoPlan(seeds=args.seeds, tasks=["linear", "ade20k"])
+    if args.steps:
+        plan.train_steps = args.steps
+    run_ablations(plan, args.variants, args.data, args.work, args.out,
+                  command=" ".join(["python -m evals.ablations", *(argv if argv is not None else sys.argv[1:])]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
