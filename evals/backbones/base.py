@@ -135,4 +135,9 @@ def describe_backbones() -> dict[str, str]:
 def build_backbone(spec: BackboneSpec) -> Backbone:
     if spec.name not in _REGISTRY:
         raise UserError(f"unknown backbone {spec.name!r}; available: {available_backbones()}")
-    return _REGISTRY[spec.name](spec).freeze()
+    backbone = _REGISTRY[spec.name](spec)
+    size, patch = spec.options.get("image_size"), backbone.patch_size
+    if size is not None and size % patch:
+        raise UserError(f"--image-size {size} is not divisible by the patch size {patch} of this {spec.name} "
+                        f"backbone; use e.g. {size // patch * patch} or {(size // patch + 1) * patch}")
+    return backbone.freeze()

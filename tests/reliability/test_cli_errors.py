@@ -104,6 +104,8 @@ CASES = [
                                                  "--device", "cpu"), "does not match"),
     ("eval-ckpt-not-a-checkpoint", "tcjepa-eval", A("linear", "--ckpt", "{root}/bad.yaml", "--data", "{imagenet}",
                                                     "--device", "cpu"), "bad.yaml"),
+    ("eval-size-not-divisible", "tcjepa-eval", A("linear", "--ckpt", "{ckpt}", "--image-size", "30", "--data",
+                                                 "{imagenet}", "--device", "cpu"), "not divisible by the patch size 8"),
     ("eval-tables-missing-runs", "tcjepa-eval", A("tables", "--out", "{root}/tables", "--runs", "{root}/no_runs"),
      "no such folder"),
     # --- tcjepa-data
