@@ -15,7 +15,8 @@ UNTRAINED = "untrained"
 KEPT = {("in1k_linear", "top1"), ("ade20k_linear", "mIoU"), ("ade20k_linear", "aAcc"),
         ("coco_det", "bbox_AP"), ("coco_det", "bbox_AP50"), ("coco_det", "segm_AP")}
 # (method, baseline): each row of the verdict compares the first with the second.
-COMPARISONS = (("TC-JEPA", "I-JEPA"), (SHUFFLED, "I-JEPA"), ("TC-JEPA", SHUFFLED), ("I-JEPA", UNTRAINED))
+COMPARISONS = (("TC-JEPA", "I-JEPA"), (SHUFFLED, "I-JEPA"), ("TC-JEPA", SHUFFLED), ("I-JEPA", UNTRAINED),
+               ("TC-JEPA", UNTRAINED))
 
 
 def per_seed_metrics(runs: Path) -> pd.DataFrame:

@@ -26,13 +26,14 @@ CURVES = [
 def plot_training_curves(runs: dict[str, Path], out_png: Path) -> Path:
     """runs: label -> run folder with metrics.jsonl. One panel per monitored quantity."""
     fig, axes = plt.subplots(2, 3, figsize=(15, 8))
-    for ax, (key, title) in zip(axes.flat, CURVES):
+    colours = {label: plt.get_cmap("tab10" if len(runs) <= 10 else "tab20")(i) for i, label in enumerate(runs)}
+    for ax, (key, title) in zip(axes.flat, CURVES):  # a run keeps its colour in every panel
         for label, folder in runs.items():
             rows = [r for r in read_jsonl(Path(folder) / "metrics.jsonl") if key in r]
             if not rows:
                 continue
             ys = [np.mean(r[key]) if isinstance(r[key], list) else r[key] for r in rows]
-            ax.plot([r["step"] for r in rows], ys, label=label)
+            ax.plot([r["step"] for r in rows], ys, label=label, color=colours[label])
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
