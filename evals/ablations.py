@@ -20,8 +20,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
-from evals.demo import (REPO, DemoPlan, ensure_scenes, ensure_text_cache, eval_runs_dir, evaluate, log, pretrain,
-                        run_directories, train_config, write_shuffled_captions)
+from evals.demo import (REPO, TASK_RECORDS, DemoPlan, ensure_scenes, ensure_text_cache, eval_runs_dir, evaluate, log,
+                        pretrain, run_directories, train_config, write_shuffled_captions)
 from evals.demo_report import SHUFFLED, per_seed_metrics
 
 FULL = "TC-JEPA"
@@ -76,7 +76,6 @@ def run_ablations(plan: DemoPlan, variants: list[str], data: Path, work: Path, o
 
 def evaluated(runs: Path, method: str, plan: DemoPlan) -> bool:
     """Whether every task of the plan has a record for this method (an interrupted study resumes)."""
-    from evals.demo import TASK_RECORDS
     from evals.results import read_runs
 
     done = {r["task"] for r in read_runs(runs) if r["method"] == method} if runs.exists() else set()
