@@ -139,7 +139,8 @@ def split_protocol_result(result: dict, primary_choices: Sequence[str]) -> tuple
         settings = {k: v for k, v in result.items() if k not in metrics}
     if not any(v is not None for v in metrics.values()):
         raise RuntimeError(f"protocol returned no numeric metrics: {sorted(result)}")
-    primary = next((m for m in primary_choices if m in metrics), next(iter(metrics)))
+    valued = [m for m, v in metrics.items() if v is not None]
+    primary = next((m for m in primary_choices if m in valued), valued[0])
     return metrics, primary, settings
 
 

@@ -31,13 +31,13 @@ def prediction_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torc
     raise ValueError(f"unknown pred_loss {kind!r}")
 
 
-
 def token_spread(features: torch.Tensor) -> torch.Tensor:
     """Per-channel std across every token of the batch, averaged over channels: the collapse check.
 
     Targets are layer-normed per token, so their std over channels is 1 by construction and
     says nothing; a collapsed encoder maps all tokens to one vector, which drives this to 0."""
     return features.float().flatten(0, -2).std(dim=0).mean()
+
 
 class JEPA(nn.Module):
     def __init__(self, cfg: Config):

@@ -68,6 +68,8 @@ def test_dense_protocol_results_become_metrics_and_settings():
     assert primary == "bbox_mAP"
     metrics, _, settings = split_protocol_result({"bbox_AP": 1.0, "bbox_APl": None, "protocol": {}}, ("bbox_AP",))
     assert metrics == {"bbox_AP": 1.0, "bbox_APl": None} and "bbox_APl" not in settings
+    _, primary, _ = split_protocol_result({"bbox_APl": None, "bbox_AP": 2.0}, ("bbox_APl", "segm_AP"))
+    assert primary == "bbox_AP"  # a metric without a value is never the headline
 
 
 @pytest.fixture(scope="module")
