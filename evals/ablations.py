@@ -20,9 +20,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
-from evals.demo import (REPO, TASK_RECORDS, DemoPlan, ensure_scenes, ensure_text_cache, eval_runs_dir, evaluate, log,
-                        pretrain, run_directories, train_config, write_shuffled_captions)
-from evals.demo_report import SHUFFLED, per_seed_metrics
+from evals.demo import (REPO, TASK_RECORDS, DemoPlan, ensure_scenes, eval_runs_dir, evaluate, log, pretrain,
+                        run_directories, text_caches, train_config)
+from evals.demo_report import SHUFFLED, per_seed_metrics, seed_stats
 
 FULL = "TC-JEPA"
 # name -> overrides of the CPU TC-JEPA config; FULL, I-JEPA and SHUFFLED are built specially.
@@ -59,9 +59,7 @@ def variant_config(name: str, data: Path, work: Path, plan: DemoPlan, seed: int,
 
 def run_ablations(plan: DemoPlan, variants: list[str], data: Path, work: Path, out: Path, command: str) -> Path:
     ensure_scenes(data, plan)
-    cfg0 = train_config(FULL, data, work, plan, 0, None)
-    cache = ensure_text_cache(data, "captions.jsonl", cfg0)
-    shuffled_cache = ensure_text_cache(data, write_shuffled_captions(data), cfg0) if SHUFFLED in variants else None
+    cache, shuffled_cache = text_caches(data, work, plan, SHUFFLED in variants)
     runs = eval_runs_dir(work, out)
     for seed in plan.seeds:
         for name in variants:
@@ -90,11 +88,7 @@ def write_ablation_report(runs: Path, out: Path, variants: list[str], command: s
 
     per_seed = per_seed_metrics(runs)
     per_seed = per_seed[per_seed.method.isin(variants)]
-    stats = per_seed.groupby(["method", "task", "metric"])["value"].agg(["mean", "std", "count"]).reset_index()
-    stats["std"] = stats["std"].fillna(0.0)
-    stats = stats.assign(source="measured", command=command,
-                         git_commit=per_seed["git_commit"].iloc[0] if len(per_seed) else None,
-                         hardware=per_seed["hardware"].iloc[0] if len(per_seed) else None)
+    stats = seed_stats(per_seed, command)
     out.mkdir(parents=True, exist_ok=True)
     csv = out / "ablations.csv"
     stats.to_csv(csv, index=False)

@@ -120,6 +120,13 @@ def ensure_text_cache(data: Path, captions_file: str, cfg) -> Path:
     return out
 
 
+def text_caches(data: Path, work: Path, plan: DemoPlan, shuffled: bool) -> tuple[Path, Optional[Path]]:
+    """Word-feature caches of the true captions and, for the control, of the shuffled ones."""
+    cfg = train_config("TC-JEPA", data, work, plan, 0, None)  # only its text encoder settings are used
+    cache = ensure_text_cache(data, "captions.jsonl", cfg)
+    return cache, ensure_text_cache(data, write_shuffled_captions(data), cfg) if shuffled else None
+
+
 # ----------------------------------------------------------------------------- training
 
 
@@ -251,12 +258,11 @@ def run_demo(plan: DemoPlan, data: Path, work: Path, out: Path, extra_backbones:
     t0 = time.time()
     ensure_scenes(data, plan)
     runs = eval_runs_dir(work, out)
-    tc_cfg0 = train_config("TC-JEPA", data, work, plan, 0, None)
-    cache = ensure_text_cache(data, "captions.jsonl", tc_cfg0)
+    cache, shuffled_cache = text_caches(data, work, plan, plan.shuffled_control and not report_only)
     if not report_only:
         if runs.exists():
             shutil.rmtree(runs)  # the table reflects this invocation only
-        train_and_evaluate(plan, data, work, runs, cache, extra_backbones)
+        train_and_evaluate(plan, data, work, runs, cache, shuffled_cache, extra_backbones)
 
     csv = summarize(runs, out, command)
     run_dirs = {f"{method} s{seed}": d for seed in plan.seeds
@@ -280,11 +286,7 @@ def find_checkpoint(cfg) -> Path:
 
 
 def train_and_evaluate(plan: DemoPlan, data: Path, work: Path, runs: Path, cache: Path,
-                       extra_backbones: list[tuple[str, str]]) -> None:
-    shuffled_cache = None
-    if plan.shuffled_control:
-        tc_cfg0 = train_config("TC-JEPA", data, work, plan, 0, None)
-        shuffled_cache = ensure_text_cache(data, write_shuffled_captions(data), tc_cfg0)
+                       shuffled_cache: Optional[Path], extra_backbones: list[tuple[str, str]]) -> None:
     for seed in plan.seeds:
         dirs = run_directories(work, seed, plan.shuffled_control)
         trained = {

@@ -61,31 +61,41 @@ def seed_verdict(per_seed: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def provenance(per_seed: pd.DataFrame, command: str) -> dict:
+    """Columns every measured table carries: what made the numbers, at which commit, on what."""
+    first = per_seed.iloc[0] if len(per_seed) else {}
+    return {"source": "measured", "command": command, "git_commit": first.get("git_commit"),
+            "hardware": first.get("hardware")}
+
+
+def seed_stats(per_seed: pd.DataFrame, command: str) -> pd.DataFrame:
+    """Mean, sample std and count over seeds per (method, task, metric), with provenance columns."""
+    stats = per_seed.groupby(["method", "task", "metric"])["value"].agg(["mean", "std", "count"]).reset_index()
+    stats["std"] = stats["std"].fillna(0.0)
+    return stats.assign(**provenance(per_seed, command))
+
+
 def summarize(runs: Path, out: Path, command: str) -> Path:
     """Write ``comparison.csv`` (mean, std, count per method/task/metric), ``verdict.csv`` and
     ``comparison.md`` (both tables, with the command, commit and hardware that made them)."""
     from evals.tables import to_markdown
 
     per_seed = per_seed_metrics(runs)
-    stats = per_seed.groupby(["method", "task", "metric"])["value"].agg(["mean", "std", "count"]).reset_index()
-    stats["std"] = stats["std"].fillna(0.0)
-    provenance = {"source": "measured", "command": command,
-                  "git_commit": per_seed["git_commit"].iloc[0] if len(per_seed) else None,
-                  "hardware": per_seed["hardware"].iloc[0] if len(per_seed) else None}
-    stats = stats.assign(**provenance)
+    stats = seed_stats(per_seed, command)
+    made_by = provenance(per_seed, command)
     out.mkdir(parents=True, exist_ok=True)
     csv = out / "comparison.csv"
     stats.to_csv(csv, index=False)
     per_seed.to_csv(out / "per_seed.csv", index=False)
     verdict = seed_verdict(per_seed)
-    verdict.assign(**provenance).to_csv(out / "verdict.csv", index=False)
+    verdict.assign(**made_by).to_csv(out / "verdict.csv", index=False)
 
     cells = [f"{m:.2f} ± {s:.2f} (n={int(c)})" for m, s, c in zip(stats["mean"], stats["std"], stats["count"])]
     wide = stats.assign(cell=cells).pivot_table(index="method", columns=["task", "metric"], values="cell",
                                                 aggfunc="first")
     wide.columns = [f"{t} {m}" for t, m in wide.columns]
     note = (f"Mean ± sample std over pretraining seeds (n = seeds). Measured by `{command}` at commit "
-            f"{provenance['git_commit']} on {provenance['hardware']}. Chance level of the 12-way linear probe: "
+            f"{made_by['git_commit']} on {made_by['hardware']}. Chance level of the 12-way linear probe: "
             "8.33 top-1.\n\n")
     text = to_markdown(wide.reset_index(), "Demo: frozen encoders on the synthetic captioned scenes")
     text = text.replace("\n\n", "\n\n" + note, 1)

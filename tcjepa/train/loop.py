@@ -243,9 +243,7 @@ def train(cfg: Config, max_steps_this_run: Optional[int] = None, on_step: Option
                     f"last good checkpoint: {last_ckpt or 'none yet'}"
                 )
                 if cfg.train.nan_policy == "stop":
-                    bar.close()
-                    logger.close()
-                    raise TrainingError(message)
+                    raise TrainingError(message)  # the handler below closes the bar and the logs
                 log.warning("%s: skipping this step (train.nan_policy=skip)", message)
                 step += 1
                 if step % cfg.train.ckpt_every == 0 or step == stop_at:

@@ -19,22 +19,24 @@ def one_thread():
     torch.set_num_threads(old)
 
 
-def test_bf16_autocast_tracks_fp32_short():
-    fp32 = loss_curve("vit_pico", "tc_n8_xattn", 30, precision="fp32")
-    bf16 = loss_curve("vit_pico", "tc_n8_xattn", 30, precision="bf16")
-    r = compare(bf16, fp32, window=10)
+def bf16_and_fp32_curves(steps: int, window: int) -> tuple[list[float], list[float]]:
+    """Both loss curves, after checking they agree within the stated tolerances."""
+    fp32 = loss_curve("vit_pico", "tc_n8_xattn", steps, precision="fp32")
+    bf16 = loss_curve("vit_pico", "tc_n8_xattn", steps, precision="bf16")
+    r = compare(bf16, fp32, window=window)
     assert r["first_rel"] <= BF16_FIRST_TOL, r
     assert r["max_window_rel"] <= BF16_WINDOW_TOL, r
+    return bf16, fp32
+
+
+def test_bf16_autocast_tracks_fp32_short():
+    bf16, fp32 = bf16_and_fp32_curves(30, window=10)
     assert bf16 != fp32  # autocast did engage
 
 
 @pytest.mark.slow
 def test_bf16_autocast_tracks_fp32_200_steps():
-    fp32 = loss_curve("vit_pico", "tc_n8_xattn", 200, precision="fp32")
-    bf16 = loss_curve("vit_pico", "tc_n8_xattn", 200, precision="bf16")
-    r = compare(bf16, fp32, window=25)
-    assert r["first_rel"] <= BF16_FIRST_TOL, r
-    assert r["max_window_rel"] <= BF16_WINDOW_TOL, r
+    bf16, fp32 = bf16_and_fp32_curves(200, window=25)
     assert sum(fp32[-25:]) < sum(fp32[:25])  # it trains: the comparison is not between two flat lines
 
 
