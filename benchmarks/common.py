@@ -77,6 +77,18 @@ def metadata(device: torch.device, argv: Sequence[str] = ()) -> dict[str, Any]:
     return meta
 
 
+def command_line(argv: list[str]) -> str:
+    """The command a reader can re-run: ``python -m benchmarks.<name> ...`` for a benchmark, whether
+    it ran as a script (argv[0] = .../benchmarks/<name>.py) or was called as ``main(argv)``."""
+    first = argv[0] if argv else "?"
+    script = Path(first)
+    if script.suffix == ".py" and script.parent.name == "benchmarks":
+        first = f"python -m benchmarks.{script.stem}"
+    elif first.startswith("benchmarks."):
+        first = f"python -m {first}"
+    return " ".join([first, *argv[1:]])
+
+
 def write_results(out_dir: str | Path, stem: str, meta: dict[str, Any], rows: list[dict[str, Any]],
                   extra: dict[str, Any] | None = None) -> tuple[Path, Path]:
     """``<out_dir>/<stem>.json`` (metadata + rows + extra) and ``<stem>.csv`` (rows, metadata columns)."""
@@ -87,7 +99,8 @@ def write_results(out_dir: str | Path, stem: str, meta: dict[str, Any], rows: li
     keys: list[str] = []
     for r in rows:
         keys += [k for k in r if k not in keys and not isinstance(r[k], (dict, list))]
-    meta_cols = {"device": meta["device"], "torch": meta["torch"], "commit": meta["commit"]}
+    meta_cols = {"device": meta["device"], "torch": meta["torch"], "commit": meta["commit"],
+                 "dirty": meta.get("dirty"), "command": command_line(meta["argv"])}
     with cpath.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys + list(meta_cols), extrasaction="ignore")
         w.writeheader()

@@ -92,7 +92,7 @@ def write_ablation_report(runs: Path, out: Path, variants: list[str], command: s
     out.mkdir(parents=True, exist_ok=True)
     csv = out / "ablations.csv"
     stats.to_csv(csv, index=False)
-    per_seed.to_csv(out / "per_seed.csv", index=False)
+    per_seed.assign(source="measured", command=command).to_csv(out / "per_seed.csv", index=False)
 
     panels = [("in1k_linear", "top1", "linear probe top-1"), ("ade20k_linear", "mIoU", "linear segmentation mIoU")]
     fig, axes = plt.subplots(1, len(panels), figsize=(12, 0.45 * len(variants) + 1.5))

@@ -86,7 +86,7 @@ def summarize(runs: Path, out: Path, command: str) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     csv = out / "comparison.csv"
     stats.to_csv(csv, index=False)
-    per_seed.to_csv(out / "per_seed.csv", index=False)
+    per_seed.assign(source="measured", command=command).to_csv(out / "per_seed.csv", index=False)
     verdict = seed_verdict(per_seed)
     verdict.assign(**made_by).to_csv(out / "verdict.csv", index=False)
 

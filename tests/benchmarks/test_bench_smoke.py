@@ -29,6 +29,7 @@ def test_train_step_tiny_cpu(tmp_path):
     with (tmp_path / "train_step_tiny_cpu.csv").open() as f:
         table = list(csv.DictReader(f))
     assert len(table) == 3 and {"img_per_s", "peak_mem_gib", "device", "torch", "commit"} <= set(table[0])
+    assert table[0]["command"].startswith("python -m benchmarks.train_step ")  # every row names what made it
 
 
 def test_flop_count_is_exact_for_the_encoder_matmuls():
