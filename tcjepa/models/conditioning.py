@@ -11,7 +11,6 @@ import math
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -25,7 +24,13 @@ class TextCrossAttention(nn.Module):
     """Single-head cross-attention from predictor tokens to the words of each caption.
 
     Every caption is attended independently: the N captions act as N "heads" sharing
-    W_Q, W_K, W_V, W_O, so one fused attention call covers all of them.
+    W_Q, W_K, W_V, W_O. The logits of all captions come from one (Q x D) @ (D x N*S) product,
+    which also gives the patch-word cosines of the regularizers (the same dot products over
+    the norms), so they cost no second product. W_O is applied to the values, not to the
+    attention output: attention rows sum to 1, so P (V W_O^T + b) = (P V) W_O^T + b exactly,
+    and the projection runs on N*S word rows instead of N*Q token rows (S is tens of words,
+    Q hundreds of predictor tokens). With S that small, explicit matmuls beat the fused
+    attention kernels, whose tiles are sized for long key sequences.
     """
 
     def __init__(self, dim: int, text_dim: int, scale: bool = True):
@@ -37,25 +42,27 @@ class TextCrossAttention(nn.Module):
         self.scale = 1.0 / math.sqrt(dim) if scale else 1.0
 
     def forward(
-        self, h: torch.Tensor, text: torch.Tensor, word_mask: torch.Tensor, return_attention: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-        """h (B, Q, D) normed tokens -> per-caption outputs (B, N, Q, D), q (B, Q, D),
-        k (B, N, S, D) and, if asked, attention probabilities (B, N, Q, S)."""
+        self, h: torch.Tensor, text: torch.Tensor, word_mask: torch.Tensor,
+        return_attention: bool = False, return_cosines: bool = False,
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """h (B, Q, D) normed tokens, text (B, N, S, d_t), word_mask (B, N, S) ->
+        per-caption outputs (B, N, Q, D); if asked, attention probabilities and patch-word
+        cosines O = relu(cos(q, k)) (zero on padding words), both (B, N, Q, S)."""
         B, Q, D = h.shape
-        N = text.shape[1]
+        N, S = text.shape[1], text.shape[2]
         q = self.q(h)
         k = self.k(text)
-        v = self.v(text)
-        mask = word_mask[:, :, None, :]  # (B, N, 1, S)
-        qn = q.unsqueeze(1).expand(B, N, Q, D)
-        if return_attention:
-            logits = (qn @ k.transpose(-1, -2)) * self.scale
-            probs = logits.masked_fill(~mask, float("-inf")).softmax(-1)
-            out = probs @ v
-        else:
-            probs = None
-            out = F.scaled_dot_product_attention(qn, k, v, attn_mask=mask, scale=self.scale)
-        return self.proj(out), q, k, probs
+        v = self.proj(self.v(text))
+        dots = torch.bmm(q, k.reshape(B, N * S, D).transpose(1, 2)).view(B, Q, N, S)
+        pad = ~word_mask[:, None]  # (B, 1, N, S)
+        probs = (dots * self.scale).masked_fill(pad, float("-inf")).softmax(-1)
+        out = probs.transpose(1, 2) @ v  # (B, N, Q, S) @ (B, N, S, D)
+        cosines = None
+        if return_cosines:
+            norms = q.norm(dim=-1).clamp_min(1e-12)[:, :, None, None] * k.norm(dim=-1).clamp_min(1e-12)[:, None]
+            # masked_fill then relu: autograd keeps only relu's output per layer.
+            cosines = (dots / norms).masked_fill(pad, 0).relu().transpose(1, 2)
+        return out, probs.transpose(1, 2) if return_attention else None, cosines
 
 
 class CaptionPool(nn.Module):

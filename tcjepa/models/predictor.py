@@ -25,7 +25,6 @@ from timm.models.vision_transformer import Attention
 from torch import nn
 
 from .conditioning import AdaLNModulation, CaptionPool, FeatureConditioner, TextCrossAttention, mean_caption_vector
-from .regularizers import word_cosines
 from .vit import gather_tokens, key_padding_to_attn_mask, sincos_2d
 
 
@@ -92,16 +91,17 @@ class PredictorBlock(nn.Module):
         BM, T, D = x.shape
         B = BM // num_blocks
         h = self.norm_x(x).reshape(B, num_blocks * T, D)
-        a, q, k, probs = self.xattn(h, text.features, text.word_mask, return_attention)
+        a, probs, cosines = self.xattn(h, text.features, text.word_mask, return_attention, out is not None)
         if out is not None:
-            out.cosines.append(word_cosines(q, k, text.word_mask))
+            out.cosines.append(cosines)
             if probs is not None:
                 out.attention.append(probs)
+        if self.pool_point == "xattn":
+            # Pooling over captions first keeps a in its (B, N, M*T, D) layout: no transpose copy.
+            x = x + self.pool(a).reshape(BM, T, D)
+            return x + self.mlp(self.norm2(x))
         N = a.shape[1]
         a = a.reshape(B, N, num_blocks, T, D).transpose(1, 2).reshape(BM, N, T, D)
-        if self.pool_point == "xattn":
-            x = x + self.pool(a)
-            return x + self.mlp(self.norm2(x))
         xn = x.unsqueeze(1) + a  # (BM, N, T, D): each caption's own block state
         xn = xn + self.mlp(self.norm2(xn))
         return self.pool(xn)

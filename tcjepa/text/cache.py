@@ -331,8 +331,10 @@ class TextFeatureCache:
             self.folder / self.meta["lengths_file"], dtype=self._lengths_dtype, mode="r", shape=(self._count,)
         )
 
-    def lookup(self, ids: torch.Tensor | np.ndarray | Sequence[int], trim: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features and mask for caption ids; ``trim=True`` cuts S to the longest caption looked up."""
+    def lookup(self, ids: torch.Tensor | np.ndarray | Sequence[int], trim: bool = False,
+               round_to: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features and mask for caption ids; ``trim=True`` cuts S to the longest caption looked
+        up, rounded up to a multiple of ``round_to`` (fewer distinct shapes for compiled steps)."""
         if self._features is None:
             self._open()
         ids_np = ids.cpu().numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids)
@@ -344,7 +346,9 @@ class TextFeatureCache:
             bad = flat[(flat < 0) | (flat >= self._count)][0]
             raise IndexError(f"{self.folder}: caption id {bad} out of range [0, {self._count})")
         lengths = torch.from_numpy(self._lengths[flat].astype(np.int64))
-        S = max(int(lengths.max()), 1) if trim and flat.size else self.max_words
+        S = self.max_words
+        if trim and flat.size:
+            S = min(S, -(-max(int(lengths.max()), 1) // round_to) * round_to)
         # Fancy indexing copies the rows out of the memmap: the result owns its memory.
         feats = torch.from_numpy(np.ascontiguousarray(self._features[flat, :S]))
         mask = torch.arange(S) < lengths[:, None]

@@ -6,6 +6,7 @@ parallelism and checkpoints each live in their own module; this file only wires 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -146,7 +147,8 @@ def train(cfg: Config, max_steps_this_run: Optional[int] = None, on_step: Option
     text_cache, text_encoder = build_text_source(cfg, device)
     loader, sampler, dataset = build_pretrain_loader(
         cfg, model.grid_size, rank=dist.rank, world_size=dist.world_size,
-        text_lookup=text_cache.lookup if text_cache is not None else None, batch_size=micro_batch,
+        text_lookup=functools.partial(text_cache.lookup, trim=True, round_to=8) if text_cache is not None else None,
+        batch_size=micro_batch,
     )
     if text_cache is not None:
         text_cache.check_captions(dataset.caption_texts())

@@ -42,12 +42,19 @@ def test_cross_attention_matches_literal_per_caption_computation(scale):
     xattn = TextCrossAttention(8, 12, scale=scale)
     h = torch.randn(2, 4, 8)
     text, mask = make_text()
-    fast, _, _, probs = xattn(h, text, mask)
+    fast, probs, cosines = xattn(h, text, mask)
+    assert probs is None and cosines is None
     slow = literal_xattn(xattn, h, text, mask)
     torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
-    manual, *_ = xattn(h, text, mask, return_attention=True)
-    torch.testing.assert_close(manual, slow, atol=1e-5, rtol=1e-5)
+    again, probs, cosines = xattn(h, text, mask, return_attention=True, return_cosines=True)
+    torch.testing.assert_close(again, fast)
     assert scale == (xattn.scale != 1.0)
+    # Attention rows are distributions over the real words of each caption.
+    assert probs.shape == (2, text.shape[1], 4, text.shape[2])
+    torch.testing.assert_close(probs.sum(-1), torch.ones(probs.shape[:-1]))
+    assert (probs.masked_select(~mask[:, :, None, :].expand_as(probs)) == 0).all()
+    # The cosines share the logits' dot products; they equal the reference word_cosines.
+    torch.testing.assert_close(cosines, word_cosines(xattn.q(h), xattn.k(text), mask), atol=1e-6, rtol=1e-5)
 
 
 def test_xattn_pooling_equals_max_over_literal_caption_states():
