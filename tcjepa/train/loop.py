@@ -188,6 +188,21 @@ def train(cfg: Config, max_steps_this_run: Optional[int] = None, on_step: Option
         log.info("resumed from %s at step %d (epoch %d)", resume_path, step, sampler.epoch)
 
     compiled = torch.compile(wrapped) if cfg.train.compile else wrapped
+
+    def forward(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        # torch.compile fails on some stacks (no compiler, unsupported ops, a recompile for a new
+        # caption length): fall back to eager once, with a warning, instead of losing the run.
+        nonlocal compiled
+        try:
+            return compiled(**model_inputs(batch))
+        except Exception as e:
+            if compiled is wrapped:
+                raise
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            log.warning("torch.compile failed at step %d (%s: %s); continuing in eager mode",
+                        step, type(e).__name__, first[:300])
+            compiled = wrapped
+            return wrapped(**model_inputs(batch))
     logger = MetricsLogger(out_dir, enabled=dist.is_main, tensorboard=cfg.train.tensorboard, resume_step=step)
     probe = _probe_batch(loader, dataset, cfg, device, text_encoder)
 
@@ -231,7 +246,7 @@ def train(cfg: Config, max_steps_this_run: Optional[int] = None, on_step: Option
                 batch = to_device(next(stream), device, text_encoder)
                 sync = contextlib.nullcontext() if micro == accum - 1 or not hasattr(wrapped, "no_sync") else wrapped.no_sync()
                 with sync, torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                    out = compiled(**model_inputs(batch))
+                    out = forward(batch)
                 (out["loss"] / accum).backward()
                 window_imgs += batch["images"].shape[0] * dist.world_size
                 for k, v in out.items():

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
+import os
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
 from ..models.jepa import JEPA, prediction_loss, token_spread
+
+log = logging.getLogger("tcjepa.train")
 
 
 class MetricsLogger:
@@ -66,15 +70,32 @@ def _plain(v: Any) -> Any:
     return v
 
 
-def read_jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: Path, partial_tail: str = "error") -> list[dict]:
+    """Rows of a metrics log. A line that is not JSON is an error naming the file and line,
+    except the last one with ``partial_tail="drop"``: an append cut short by a crash or power
+    loss, which a resumed run rewrites anyway."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_text().splitlines()
+    rows = []
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if partial_tail == "drop" and i == len(lines):
+                log.warning("%s: dropping the cut-off last line %d (%s)", path, i, e.msg)
+                continue
+            raise ValueError(f"{path}: line {i} is not a JSON metrics row ({e.msg})") from e
+    return rows
 
 
 def _truncate_after(path: Path, step: int) -> None:
-    rows = [r for r in read_jsonl(path) if r["step"] <= step]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rows = [r for r in read_jsonl(path, partial_tail="drop") if r["step"] <= step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, path)  # a crash here leaves the old log or the new one, never half of it
 
 
 def write_csv(rows: list[dict], path: Path) -> None:

@@ -8,7 +8,8 @@ import math
 
 import pytest
 import torch
-from reliability_helpers import STEPS, assert_same_run, assert_same_weights, the_error_line, tiny_overrides, train_in_process
+from reliability_helpers import (STEPS, assert_same_run, assert_same_weights, logged_rows, the_error_line, tiny_overrides,
+                                 train_in_process)
 
 from tcjepa.cli.train import main as train_main
 from tcjepa.models.jepa import JEPA
@@ -177,3 +178,43 @@ def test_nan_policy_skip_skips_and_continues(scenes, tmp_path, monkeypatch, capl
     assert state["step"] == STEPS
     assert all(torch.isfinite(v).all() for part in ("encoder", "predictor", "target_encoder")
                for v in state[part].values() if v.is_floating_point())
+
+
+# ----------------------------------------------------------------------------- (e) logs and compile
+
+
+def test_resume_after_a_cut_off_metrics_line(stopped_at_4, reference_run, tmp_path, caplog):
+    """A crash (or power loss) mid-append leaves half a JSON line; the resume drops it."""
+    with (tmp_path / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 5, "loss_pr')
+    with caplog.at_level(logging.WARNING):
+        train_in_process(stopped_at_4)
+    assert "dropping the cut-off last line" in caplog.text
+    assert not (tmp_path / "metrics.jsonl.tmp").exists()
+    assert_same_weights(tmp_path, reference_run)
+    # Every step's losses once, as uninterrupted (a clean stop adds one probe-monitor row).
+    losses = [r for r in logged_rows(tmp_path) if "loss" in r]
+    assert losses == [r for r in logged_rows(reference_run) if "loss" in r]
+
+
+def test_a_damaged_metrics_line_mid_file_is_an_error_naming_it(tmp_path):
+    from tcjepa.train.monitors import read_jsonl
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2, oops}\n{"step": 3}\n')
+    with pytest.raises(ValueError, match=rf"{path}: line 2 is not a JSON metrics row"):
+        read_jsonl(path, partial_tail="drop")
+
+
+def test_compile_failure_falls_back_to_eager(scenes, reference_run, tmp_path, monkeypatch, caplog):
+    def broken_compile(model, *args, **kwargs):
+        def call(*a, **k):
+            raise RuntimeError("backend compiler failed: no C++ compiler found")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    with caplog.at_level(logging.WARNING):
+        train_in_process(tiny_overrides(scenes, tmp_path, train__compile="true"))
+    assert caplog.text.count("torch.compile failed at step 0 (RuntimeError: backend compiler failed") == 1
+    assert "continuing in eager mode" in caplog.text
+    assert_same_weights(tmp_path, reference_run)
