@@ -45,7 +45,11 @@ class DemoPlan:
     train_steps: int = 300
     batch_size: int = 64
     linear_epochs: int = 30
-    seg_iters: int = 300
+    # A linear head on 8x8 patch grids: 300 iterations at lr 1e-3 left it under-trained (seed 0,
+    # 1000-step encoders: mIoU 8.3 / 6.5 / 7.8 for TC-JEPA / I-JEPA / untrained, vs 11.2 / 10.8 /
+    # 8.7 at 1500 x 1e-2 and 11.6 for TC-JEPA at 3000 x 1e-2); on cached features it is seconds.
+    seg_iters: int = 1500
+    seg_lr: float = 1e-2
     # Mask R-CNN on a 2-core CPU: a narrow pyramid and fewer sampled RoIs make an iteration ~3 s
     # instead of ~10 s (the mask head dominates); scenes hold at most 4 objects.
     det_iters: int = 60
@@ -187,7 +191,7 @@ def evaluate(backbone_args: list[str], method: str, data: Path, runs: Path, plan
         "linear": ["--data", str(data / "imagenet"), "--epochs", str(plan.linear_epochs), "--workers", "0",
                    "--seed", str(seed), "--cache-dir", str(runs / "features")],
         "ade20k": ["--data", str(data / "ADEChallengeData2016"), "--engine", "torch",
-                   "--iters", str(plan.seg_iters), "--warmup-iters", str(plan.seg_iters // 10),
+                   "--iters", str(plan.seg_iters), "--warmup-iters", str(plan.seg_iters // 10), "--lr", str(plan.seg_lr),
                    "--crop-size", str(plan.image_size), "--batch-size", "16", "--seed", str(seed)],
         "coco": ["--data", str(data / "coco"), "--engine", "torchvision", "--max-iters", str(plan.det_iters),
                  "--warmup-iters", str(max(1, plan.det_iters // 10)), "--min-size", str(plan.image_size * 2),

@@ -60,8 +60,9 @@ class TextCrossAttention(nn.Module):
         cosines = None
         if return_cosines:
             norms = q.norm(dim=-1).clamp_min(1e-12)[:, :, None, None] * k.norm(dim=-1).clamp_min(1e-12)[:, None]
-            # masked_fill then relu: autograd keeps only relu's output per layer.
-            cosines = (dots / norms).masked_fill(pad, 0).relu().transpose(1, 2)
+            # In the dot products' dtype (bf16 under autocast), as the maps were before; masked_fill
+            # then relu: autograd keeps only relu's output per layer.
+            cosines = (dots / norms).to(dots.dtype).masked_fill(pad, 0).relu().transpose(1, 2)
         return out, probs.transpose(1, 2) if return_attention else None, cosines
 
 
