@@ -30,7 +30,8 @@ class TextCrossAttention(nn.Module):
     attention output: attention rows sum to 1, so P (V W_O^T + b) = (P V) W_O^T + b exactly,
     and the projection runs on N*S word rows instead of N*Q token rows (S is tens of words,
     Q hundreds of predictor tokens). With S that small, explicit matmuls beat the fused
-    attention kernels, whose tiles are sized for long key sequences.
+    attention kernel on CPU (measured; docs/PERFORMANCE.md), whose backward is tuned for long
+    key sequences; the GPU comparison is still to be measured.
     """
 
     def __init__(self, dim: int, text_dim: int, scale: bool = True):

@@ -203,6 +203,7 @@ def train(cfg: Config, max_steps_this_run: Optional[int] = None, on_step: Option
                         step, type(e).__name__, first[:300])
             compiled = wrapped
             return wrapped(**model_inputs(batch))
+
     logger = MetricsLogger(out_dir, enabled=dist.is_main, tensorboard=cfg.train.tensorboard, resume_step=step)
     probe = _probe_batch(loader, dataset, cfg, device, text_encoder)
 
