@@ -18,7 +18,8 @@ import torch.nn.functional as F
 def word_cosines(q: torch.Tensor, k: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
     """q (B, Q, D) token queries, k (B, N, S, D) word keys, word_mask (B, N, S) True = word.
 
-    Returns O (B, N, Q, S) = relu(cos), zero on padding words.
+    Returns O (B, N, Q, S) = relu(cos), zero on padding words. The reference definition: in
+    training, ``TextCrossAttention`` returns the same maps from its logits' dot products.
     """
     cos = torch.einsum("bqd,bnsd->bnqs", F.normalize(q, dim=-1), F.normalize(k, dim=-1))
     # masked_fill then relu: autograd keeps only the result O (relu's output) per layer, not
@@ -48,7 +49,8 @@ class _GroundingSums(torch.autograd.Function):
 
     Exact, but without stacking the maps: the forward holds one (B, N, Q, S) temporary at a
     time (plus Obar in float32) and saves nothing but the maps themselves, which autograd
-    already keeps for ``word_cosines``' backward; the backward recomputes Obar and the signs.
+    already keeps for the backward of the relu that made them; the backward recomputes Obar
+    and the signs.
     d/dO^(j) consist = (1/L) (sign(O^(j) - Obar) - (1/L) sum_l sign(O^(l) - Obar)).
     """
 

@@ -12,13 +12,13 @@ import csv
 import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
 from ..models.jepa import JEPA, prediction_loss, token_spread
+from .checkpoint import atomic_write
 
 log = logging.getLogger("tcjepa.train")
 
@@ -70,9 +70,9 @@ def _plain(v: Any) -> Any:
     return v
 
 
-def read_jsonl(path: Path, partial_tail: str = "error") -> list[dict]:
+def read_jsonl(path: Path, drop_cut_off_tail: bool = False) -> list[dict]:
     """Rows of a metrics log. A line that is not JSON is an error naming the file and line,
-    except the last one with ``partial_tail="drop"``: an append cut short by a crash or power
+    except the last one with ``drop_cut_off_tail``: an append cut short by a crash or power
     loss, which a resumed run rewrites anyway."""
     if not path.exists():
         return []
@@ -84,7 +84,7 @@ def read_jsonl(path: Path, partial_tail: str = "error") -> list[dict]:
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as e:
-            if partial_tail == "drop" and i == len(lines):
+            if drop_cut_off_tail and i == len(lines):
                 log.warning("%s: dropping the cut-off last line %d (%s)", path, i, e.msg)
                 continue
             raise ValueError(f"{path}: line {i} is not a JSON metrics row ({e.msg})") from e
@@ -92,10 +92,9 @@ def read_jsonl(path: Path, partial_tail: str = "error") -> list[dict]:
 
 
 def _truncate_after(path: Path, step: int) -> None:
-    rows = [r for r in read_jsonl(path, partial_tail="drop") if r["step"] <= step]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, path)  # a crash here leaves the old log or the new one, never half of it
+    rows = [r for r in read_jsonl(path, drop_cut_off_tail=True) if r["step"] <= step]
+    # A crash here leaves the old log or the new one, never half of it.
+    atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows).encode()))
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
