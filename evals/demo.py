@@ -323,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, help="scenes folder (default: data/scenes or data/scenes-quick)")
     p.add_argument("--work", type=Path, help="runs folder (default: runs/demo or runs/demo-quick)")
     p.add_argument("--out", type=Path, help="results folder (default: results/demo or results/demo-quick)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="config override for both pretraining configs, e.g. --set mask.context_scale=[0.4,0.6] "
+                        "(repeatable; same syntax as tcjepa-train)")
     p.add_argument("--report-only", action="store_true",
                    help="rebuild results/ from the trained encoders and eval records of an earlier run")
     p.add_argument("--backbone", action="append", default=[], metavar="NAME=WEIGHTS",
@@ -330,9 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    plan = QUICK if args.quick else DemoPlan()
+def plan_from_args(args: argparse.Namespace) -> DemoPlan:
+    """The plan the command line asks for; bad ``--set`` overrides fail here, before any work."""
+    from dataclasses import replace
+
+    plan = replace(QUICK if args.quick else DemoPlan())
     if args.seeds:
         plan.seeds = args.seeds
     if args.steps:
@@ -340,6 +345,21 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.tasks:
         plan.tasks = args.tasks
     plan.shuffled_control = args.shuffled_control
+    plan.config_overrides = [*plan.config_overrides, *args.overrides]
+    for method in CONFIGS:
+        train_config(method, REPO / "data/scenes", REPO / "runs/demo", plan, 0, None)  # raises ConfigError
+    return plan
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    from tcjepa.config import ConfigError
+
+    args = build_parser().parse_args(argv)
+    try:
+        plan = plan_from_args(args)
+    except ConfigError as e:
+        print(f"error: --set: {e}", file=sys.stderr)
+        return 2
     suffix = "-quick" if args.quick else ""
     extra = []
     for item in args.backbone:

@@ -67,3 +67,15 @@ def test_ablation_study_trains_variants_and_reuses_demo_encoders(tmp_path):
     mtimes = {p: p.stat().st_mtime for p in (tmp_path / "runs").rglob("checkpoint-*.pt")}
     run_ablations(plan, variants, tmp_path / "scenes", tmp_path / "runs", tmp_path / "abl", command="pytest")
     assert mtimes == {p: p.stat().st_mtime for p in (tmp_path / "runs").rglob("checkpoint-*.pt")}
+
+
+def test_demo_set_overrides_reach_the_plan_and_bad_keys_fail_before_any_work(capsys):
+    from evals.demo import build_parser, main, plan_from_args, train_config
+
+    args = build_parser().parse_args(["--quick", "--set", "mask.context_scale=[0.4,0.6]", "--steps", "7"])
+    plan = plan_from_args(args)
+    assert plan.train_steps == 7 and "mask.context_scale=[0.4,0.6]" in plan.config_overrides
+    cfg = train_config("I-JEPA", "scenes", "runs", plan, 0, None)
+    assert tuple(cfg.mask.context_scale) == (0.4, 0.6)
+    assert main(["--quick", "--set", "mask.no_such_key=1"]) == 2
+    assert "no_such_key" in capsys.readouterr().err
