@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -61,6 +62,7 @@ def run_ablations(plan: DemoPlan, variants: list[str], data: Path, work: Path, o
     ensure_scenes(data, plan)
     cache, shuffled_cache = text_caches(data, work, plan, SHUFFLED in variants)
     runs = eval_runs_dir(work, out)
+    forget_records_of_other_scenes(runs, data)
     for seed in plan.seeds:
         for name in variants:
             if evaluated(runs / f"seed{seed}", name, plan):
@@ -70,6 +72,18 @@ def run_ablations(plan: DemoPlan, variants: list[str], data: Path, work: Path, o
             ckpt = pretrain(name, cfg)
             evaluate(["--ckpt", str(ckpt)], name, data, runs / f"seed{seed}", plan, seed)
     return write_ablation_report(runs, out, variants, command)
+
+
+def forget_records_of_other_scenes(runs: Path, data: Path) -> None:
+    """An interrupted study resumes from its eval records, but only on the scenes they were made
+    on: records of another scene set (e.g. fewer held-out scenes) are deleted, not mixed in."""
+    scenes = (data / "demo_plan.json").read_text()
+    stamp = runs / "scenes.json"
+    if runs.exists() and (not stamp.exists() or stamp.read_text() != scenes):
+        log(f"{runs}: eval records of other scenes; evaluating again")
+        shutil.rmtree(runs)
+    runs.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(scenes)
 
 
 def evaluated(runs: Path, method: str, plan: DemoPlan) -> bool:

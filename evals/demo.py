@@ -158,12 +158,38 @@ def pretrain(method: str, cfg) -> Path:
     from tcjepa.train.loop import train
 
     done = find_resume_checkpoint(cfg.train.out_dir)
-    if done is not None and load_checkpoint(done)["step"] >= cfg.optim.max_steps:
-        log(f"{method}: already trained ({done})")
-        return done
+    if done is not None:
+        state = load_checkpoint(done)
+        differences = config_differences(state.get("config", {}), cfg.to_dict())
+        if differences:
+            raise SystemExit(f"{done}: this run was trained with other settings ({'; '.join(differences)}); "
+                             f"give the demo another --work folder, or delete {cfg.train.out_dir}")
+        if state["step"] >= cfg.optim.max_steps:
+            log(f"{method}: already trained ({done})")
+            return done
     log(f"{method}: pretraining {cfg.optim.max_steps} steps -> {cfg.train.out_dir}")
     summary = train(cfg)
     return Path(summary.last_checkpoint)
+
+
+# Settings that change how a run logs and checkpoints, not what it learns.
+_BOOKKEEPING = {"train.out_dir", "train.log_every", "train.monitor_every", "train.ckpt_every",
+                "train.keep_checkpoints", "train.resume", "train.tensorboard", "data.num_workers"}
+
+
+def config_differences(saved: dict, wanted: dict, prefix: str = "") -> list[str]:
+    """``key: saved -> wanted`` for every setting that changes what a reused run learned. A key
+    the saved run predates is not a difference: it was added to the schema with its default."""
+    differences = []
+    for key, value in wanted.items():
+        name = f"{prefix}{key}"
+        if key not in saved or name in _BOOKKEEPING:
+            continue
+        if isinstance(value, dict) and isinstance(saved[key], dict):
+            differences += config_differences(saved[key], value, f"{name}.")
+        elif json.loads(json.dumps(saved[key])) != json.loads(json.dumps(value)):  # tuples == lists
+            differences.append(f"{name}: {saved[key]!r} -> {value!r}")
+    return differences
 
 
 def untrained_checkpoint(cfg, path: Path) -> Path:

@@ -79,3 +79,39 @@ def test_demo_set_overrides_reach_the_plan_and_bad_keys_fail_before_any_work(cap
     assert tuple(cfg.mask.context_scale) == (0.4, 0.6)
     assert main(["--quick", "--set", "mask.no_such_key=1"]) == 2
     assert "no_such_key" in capsys.readouterr().err
+
+
+def test_demo_refuses_to_reuse_an_encoder_trained_with_other_settings(tmp_path):
+    from evals.demo import pretrain, train_config
+    from tcjepa.train.checkpoint import save_run_checkpoint
+
+    plan = replace(TINY, train_steps=3)
+    trained = train_config("I-JEPA", tmp_path / "scenes", tmp_path / "ijepa-s0", plan, 0, None)
+    saved = trained.to_dict()
+    saved["train"]["log_every"] = 99  # bookkeeping: not a reason to retrain
+    del saved["loss"]["consist_weight"]  # a key the old run predates: not a difference either
+    save_run_checkpoint(tmp_path / "ijepa-s0", 3, {"config": saved, "step": 3})
+    assert pretrain("I-JEPA", trained) == tmp_path / "ijepa-s0" / "checkpoint-00000003.pt"
+
+    asked = replace(plan, config_overrides=[*plan.config_overrides, "mask.context_scale=[0.4,0.6]"])
+    with pytest.raises(SystemExit, match=r"mask\.context_scale: \[0\.85, 1\.0\] -> \[0\.4, 0\.6\]"):
+        pretrain("I-JEPA", train_config("I-JEPA", tmp_path / "scenes", tmp_path / "ijepa-s0", asked, 0, None))
+    with pytest.raises(SystemExit, match=r"optim\.max_steps: 3 -> 1000"):  # a 3-step run is not a 1000-step one
+        pretrain("I-JEPA", train_config("I-JEPA", tmp_path / "scenes", tmp_path / "ijepa-s0",
+                                        replace(plan, train_steps=1000), 0, None))
+
+
+def test_ablation_records_of_other_scenes_are_not_resumed(tmp_path):
+    from evals.ablations import forget_records_of_other_scenes
+
+    data, runs = tmp_path / "scenes", tmp_path / "eval_runs"
+    data.mkdir()
+    (data / "demo_plan.json").write_text('{"val_images": 500}')
+    forget_records_of_other_scenes(runs, data)
+    (runs / "seed0").mkdir()
+    (runs / "seed0" / "record.json").write_text("{}")
+    forget_records_of_other_scenes(runs, data)  # same scenes: the records stay
+    assert (runs / "seed0" / "record.json").exists()
+    (data / "demo_plan.json").write_text('{"val_images": 2000}')
+    forget_records_of_other_scenes(runs, data)
+    assert not (runs / "seed0").exists() and (runs / "scenes.json").read_text() == '{"val_images": 2000}'
