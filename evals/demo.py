@@ -52,9 +52,11 @@ class DemoPlan:
     # 8.7 at 1500 x 1e-2 and 11.6 for TC-JEPA at 3000 x 1e-2); on cached features it is seconds.
     seg_iters: int = 1500
     seg_lr: float = 1e-2
-    # Mask R-CNN on a 2-core CPU: a narrow pyramid and fewer sampled RoIs make an iteration ~3 s
-    # instead of ~10 s (the mask head dominates); scenes hold at most 4 objects.
-    det_iters: int = 60
+    # Mask R-CNN on a 2-core CPU: a narrow pyramid and fewer sampled RoIs make an iteration ~5 s
+    # instead of ~10 s (the mask head dominates); scenes hold at most 4 objects. At 60 iterations
+    # the three detectors took 15 of the demo's 35 minutes (timed from scratch at a54184f), so
+    # the demo trains 36.
+    det_iters: int = 36
     det_train_images: int = 240
     det_val_images: int = 100
     det_pyramid_channels: int = 64
