@@ -8,7 +8,7 @@
 4. write ``results/demo/``: comparison CSV + markdown (mean and spread over seeds), training
    curves and patch-word grounding maps.
 
-    python -m evals.demo             # about 30 min on 2 CPU cores
+    python -m evals.demo             # about 15 min on 2 idle CPU cores (30 min budget)
     python -m evals.demo --quick     # smoke run, a few minutes
     python -m evals.demo --backbone dinov2=/path/to/dinov2-small   # add any backbone to the table
 """
@@ -54,8 +54,9 @@ class DemoPlan:
     seg_lr: float = 1e-2
     # Mask R-CNN on a 2-core CPU: a narrow pyramid and fewer sampled RoIs make an iteration ~5 s
     # instead of ~10 s (the mask head dominates); scenes hold at most 4 objects. At 60 iterations
-    # the three detectors took 15 of the demo's 35 minutes (timed from scratch at a54184f), so
-    # the demo trains 36.
+    # the three detectors took 15 of the demo's 35 minutes (timed from scratch at a54184f on a
+    # busy machine), so the demo trains 36: on an idle 2-core machine (864719a) the whole demo
+    # then took 15.0 min, the detectors 4.7, leaving room for a machine twice as slow.
     det_iters: int = 36
     det_train_images: int = 240
     det_val_images: int = 100
