@@ -7,6 +7,7 @@ writes ``ablations.csv`` (mean, std, n per variant), ``per_seed.csv`` and ``abla
 
     python -m evals.ablations --seeds 0 1 2                  # every variant (hours on 2 CPU cores)
     python -m evals.ablations --variants "no regularizers" "N=1" --seeds 0
+    python -m evals.ablations --report-only                  # CSVs + plot from the records so far
 
 Encoders live in the demo's runs folder by default, so the demo's I-JEPA / TC-JEPA /
 shuffled-caption encoders of the same seeds are reused rather than trained again.
@@ -58,10 +59,15 @@ def variant_config(name: str, data: Path, work: Path, plan: DemoPlan, seed: int,
     return train_config(FULL, data, work / f"tcjepa-{slug(name)}-s{seed}", variant_plan, seed, cache)
 
 
-def run_ablations(plan: DemoPlan, variants: list[str], data: Path, work: Path, out: Path, command: str) -> Path:
+def run_ablations(plan: DemoPlan, variants: list[str], data: Path, work: Path, out: Path, command: str,
+                  report_only: bool = False) -> Path:
+    runs = eval_runs_dir(work, out)
+    if report_only:
+        if not runs.exists():
+            raise SystemExit(f"{runs}: no eval records to report; run the study first")
+        return write_ablation_report(runs, out, variants, command)
     ensure_scenes(data, plan)
     cache, shuffled_cache = text_caches(data, work, plan, SHUFFLED in variants)
-    runs = eval_runs_dir(work, out)
     forget_records_of_other_scenes(runs, data)
     for seed in plan.seeds:
         for name in variants:
@@ -135,12 +141,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--work", type=Path, default=REPO / "runs/demo",
                    help="runs folder, shared with the demo to reuse its encoders (default: runs/demo)")
     p.add_argument("--out", type=Path, default=REPO / "results/ablations", help="default: results/ablations")
+    p.add_argument("--report-only", action="store_true",
+                   help="rewrite the CSVs and plot from the eval records already made (every seed found), "
+                        "training nothing")
     args = p.parse_args(argv)
     plan = DemoPlan(seeds=args.seeds, tasks=["linear", "ade20k"])
     if args.steps:
         plan.train_steps = args.steps
     run_ablations(plan, args.variants, args.data, args.work, args.out,
-                  command=" ".join(["python -m evals.ablations", *(argv if argv is not None else sys.argv[1:])]))
+                  command=" ".join(["python -m evals.ablations", *(argv if argv is not None else sys.argv[1:])]),
+                  report_only=args.report_only)
     return 0
 
 

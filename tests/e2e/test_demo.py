@@ -67,6 +67,20 @@ def test_ablation_study_trains_variants_and_reuses_demo_encoders(tmp_path):
     mtimes = {p: p.stat().st_mtime for p in (tmp_path / "runs").rglob("checkpoint-*.pt")}
     run_ablations(plan, variants, tmp_path / "scenes", tmp_path / "runs", tmp_path / "abl", command="pytest")
     assert mtimes == {p: p.stat().st_mtime for p in (tmp_path / "runs").rglob("checkpoint-*.pt")}
+    # --report-only trains nothing: a variant without records is left out of the CSV, not trained.
+    (tmp_path / "abl" / "ablations.csv").unlink()
+    run_ablations(plan, [*variants, "N=1"], tmp_path / "scenes", tmp_path / "runs", tmp_path / "abl",
+                  command="pytest", report_only=True)
+    assert set(pd.read_csv(tmp_path / "abl" / "ablations.csv").method) == set(variants)
+    assert not (tmp_path / "runs" / "tcjepa-n-1-s0").exists()
+
+
+def test_ablation_report_only_without_records_names_the_folder(tmp_path):
+    from evals.ablations import run_ablations
+
+    with pytest.raises(SystemExit, match="no eval records"):
+        run_ablations(TINY, ["I-JEPA"], tmp_path / "scenes", tmp_path / "runs", tmp_path / "abl",
+                      command="pytest", report_only=True)
 
 
 def test_demo_set_overrides_reach_the_plan_and_bad_keys_fail_before_any_work(capsys):
