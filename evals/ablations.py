@@ -3,7 +3,8 @@
 Each variant is the CPU TC-JEPA config plus a few overrides (the paper's ablation directions,
 SPEC.md section 8); I-JEPA and TC-JEPA on captions shuffled across images are the two
 references. Every encoder gets the demo's linear probe and linear segmentation; the study
-writes ``ablations.csv`` (mean, std, n per variant), ``per_seed.csv`` and ``ablations.png``.
+writes ``ablations.csv`` (mean, std, n per variant), ``per_seed.csv``, ``ablations.png`` and
+``monitors.csv`` (how each pretraining ended: text gain, word-attention entropy, cosines).
 
     python -m evals.ablations --seeds 0 1 2                  # every variant (hours on 2 CPU cores)
     python -m evals.ablations --variants "no regularizers" "N=1" --seeds 0
@@ -50,13 +51,13 @@ def slug(name: str) -> str:
 
 def variant_config(name: str, data: Path, work: Path, plan: DemoPlan, seed: int, cache: Path,
                    shuffled_cache: Optional[Path]):
-    demo_dirs = run_directories(work, seed, shuffled=True)
-    if name in demo_dirs:  # the demo's own encoders
+    run = variant_run_dir(name, work, seed)
+    if name in (FULL, "I-JEPA", SHUFFLED):  # the demo's own encoders
         cache_for = {"I-JEPA": None, FULL: cache, SHUFFLED: shuffled_cache}[name]
         captions = "captions_shuffled.jsonl" if name == SHUFFLED else "captions.jsonl"
-        return train_config(name, data, demo_dirs[name], plan, seed, cache_for, captions_file=captions)
+        return train_config(name, data, run, plan, seed, cache_for, captions_file=captions)
     variant_plan = replace(plan, config_overrides=[*plan.config_overrides, *VARIANTS[name]])
-    return train_config(FULL, data, work / f"tcjepa-{slug(name)}-s{seed}", variant_plan, seed, cache)
+    return train_config(FULL, data, run, variant_plan, seed, cache)
 
 
 def run_ablations(plan: DemoPlan, variants: list[str], data: Path, work: Path, out: Path, command: str,
@@ -113,6 +114,8 @@ def write_ablation_report(runs: Path, out: Path, variants: list[str], command: s
     csv = out / "ablations.csv"
     stats.to_csv(csv, index=False)
     per_seed.assign(source="measured", command=command).to_csv(out / "per_seed.csv", index=False)
+    monitors = training_monitors(runs.parent, variants, sorted(per_seed.seed.unique()))
+    monitors.assign(source="measured", command=command).to_csv(out / "monitors.csv", index=False)
 
     panels = [("in1k_linear", "top1", "linear probe top-1"), ("ade20k_linear", "mIoU", "linear segmentation mIoU")]
     fig, axes = plt.subplots(1, len(panels), figsize=(12, 0.45 * len(variants) + 1.5))
@@ -128,6 +131,42 @@ def write_ablation_report(runs: Path, out: Path, variants: list[str], command: s
     plt.close(fig)
     log(f"ablations: {csv}, {out / 'ablations.png'}")
     return csv
+
+
+def training_monitors(work: Path, variants: list[str], seeds: list[int]):
+    """What each encoder's pretraining ended with (its last logged step and last probe
+    monitors): whether the predictor read the captions (text gain), whether its word attention
+    stayed selective (entropy / uniform entropy, 1 = uniform), and the grounding cosines."""
+    import pandas as pd
+
+    from tcjepa.train.monitors import read_jsonl
+
+    rows = []
+    for seed in seeds:
+        for name in variants:
+            run = variant_run_dir(name, work, int(seed))
+            records = read_jsonl(run / "metrics.jsonl")
+            train = [r for r in records if "loss_pred" in r]
+            probe = [r for r in records if "probe_loss" in r]
+            if not train:
+                continue
+            row = {"method": name, "seed": int(seed), "step": train[-1]["step"], "loss_pred": train[-1]["loss_pred"]}
+            cosines = train[-1].get("positive_cosine_fraction")
+            row["positive_cosine_fraction"] = sum(cosines) / len(cosines) if cosines else None
+            if probe:
+                row["text_gain"] = probe[-1].get("text_gain")
+                entropy = probe[-1].get("attention_entropy")
+                row["attention_entropy_vs_uniform"] = (sum(entropy) / len(entropy) / probe[-1]["attention_entropy_uniform"]
+                                                       if entropy else None)
+                row["target_std"] = probe[-1]["probe_target_std"]
+            rows.append(row)
+    columns = ["method", "seed", "step", "loss_pred", "text_gain", "attention_entropy_vs_uniform",
+               "positive_cosine_fraction", "target_std"]
+    return pd.DataFrame(rows).reindex(columns=columns)
+
+
+def variant_run_dir(name: str, work: Path, seed: int) -> Path:
+    return run_directories(work, seed, shuffled=True).get(name, work / f"tcjepa-{slug(name)}-s{seed}")
 
 
 def main(argv: Optional[list[str]] = None) -> int:

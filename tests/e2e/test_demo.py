@@ -2,6 +2,7 @@
 import math
 from dataclasses import replace
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -60,6 +61,10 @@ def test_ablation_study_trains_variants_and_reuses_demo_encoders(tmp_path):
     df = pd.read_csv(csv)
     assert set(df.method) == set(variants) and set(df.task) == {"in1k_linear", "ade20k_linear"}
     assert (tmp_path / "abl" / "ablations.png").stat().st_size > 0
+    monitors = pd.read_csv(tmp_path / "abl" / "monitors.csv").set_index("method")
+    assert set(monitors.index) == set(variants) and (monitors.step == plan.train_steps).all()
+    assert np.isfinite(monitors.loss_pred).all() and np.isfinite(monitors.loc["single layer", "text_gain"])
+    assert 0 < monitors.loc["single layer", "attention_entropy_vs_uniform"] <= 1 + 1e-6
     assert (tmp_path / "runs" / "ijepa-s0").is_dir()  # the demo's folder: a demo run is reused, not retrained
     cfg = yaml.safe_load((tmp_path / "runs" / "tcjepa-single-layer-s0" / "config.yaml").read_text())
     assert cfg["model"]["conditioned_layers"] == [-1] and cfg["loss"]["sparse_weight"] > 0
