@@ -103,6 +103,7 @@ def evaluated(runs: Path, method: str, plan: DemoPlan) -> bool:
 
 def write_ablation_report(runs: Path, out: Path, variants: list[str], command: str) -> Path:
     import matplotlib
+    import pandas as pd
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -114,18 +115,30 @@ def write_ablation_report(runs: Path, out: Path, variants: list[str], command: s
     csv = out / "ablations.csv"
     stats.to_csv(csv, index=False)
     per_seed.assign(source="measured", command=command).to_csv(out / "per_seed.csv", index=False)
-    monitors = training_monitors(runs.parent, variants, sorted(per_seed.seed.unique()))
+    evaluated_runs = sorted(set(zip(per_seed.method, per_seed.seed)), key=lambda r: (r[1], variants.index(r[0])))
+    monitors = training_monitors(runs.parent, evaluated_runs)
     monitors.assign(source="measured", command=command).to_csv(out / "monitors.csv", index=False)
 
-    panels = [("in1k_linear", "top1", "linear probe top-1"), ("ade20k_linear", "mIoU", "linear segmentation mIoU")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(12, 0.45 * len(variants) + 1.5))
-    for ax, (task, metric, title) in zip(axes, panels):
-        rows = stats[(stats.task == task) & (stats.metric == metric)].set_index("method").reindex(variants)
-        ax.barh(range(len(variants)), rows["mean"], xerr=rows["std"], color="tab:blue", alpha=0.8)
+    # The third panel says whether the predictor read the captions at all, next to what that
+    # did to the frozen features.
+    text_gain = monitors.groupby("method").text_gain.agg(["mean", "std"]).reset_index()
+    panels = [
+        (stats[(stats.task == "in1k_linear") & (stats.metric == "top1")], "linear probe top-1", "tab:blue"),
+        (stats[(stats.task == "ade20k_linear") & (stats.metric == "mIoU")], "linear segmentation mIoU", "tab:blue"),
+        (text_gain, "text gain at the end of pretraining", "tab:orange"),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(16, 0.45 * len(variants) + 1.5), sharey=True)
+    for ax, (table, title, color) in zip(axes, panels):
+        rows = table.set_index("method").reindex(variants)
+        # Points, not bars from zero: the differences are a few points on a ~20-point scale.
+        ax.errorbar(rows["mean"], range(len(variants)), xerr=rows["std"].fillna(0), fmt="o", color=color, capsize=3)
+        for reference, style in (("I-JEPA", ":"), (FULL, "--")):
+            if pd.notna(rows["mean"].get(reference)):
+                ax.axvline(rows["mean"][reference], color="gray", linestyle=style, linewidth=1)
         ax.set_yticks(range(len(variants)), variants)
-        ax.invert_yaxis()
-        ax.set_title(f"{title} (mean ± std over seeds)")
+        ax.set_title(f"{title}\n(mean ± std over seeds; dotted I-JEPA, dashed TC-JEPA)", fontsize=10)
         ax.grid(axis="x", alpha=0.3)
+    axes[0].invert_yaxis()
     fig.tight_layout()
     fig.savefig(out / "ablations.png", dpi=100)
     plt.close(fig)
@@ -133,7 +146,7 @@ def write_ablation_report(runs: Path, out: Path, variants: list[str], command: s
     return csv
 
 
-def training_monitors(work: Path, variants: list[str], seeds: list[int]):
+def training_monitors(work: Path, runs: list[tuple[str, int]]):
     """What each encoder's pretraining ended with (its last logged step and last probe
     monitors): whether the predictor read the captions (text gain), whether its word attention
     stayed selective (entropy / uniform entropy, 1 = uniform), and the grounding cosines."""
@@ -142,24 +155,22 @@ def training_monitors(work: Path, variants: list[str], seeds: list[int]):
     from tcjepa.train.monitors import read_jsonl
 
     rows = []
-    for seed in seeds:
-        for name in variants:
-            run = variant_run_dir(name, work, int(seed))
-            records = read_jsonl(run / "metrics.jsonl")
-            train = [r for r in records if "loss_pred" in r]
-            probe = [r for r in records if "probe_loss" in r]
-            if not train:
-                continue
-            row = {"method": name, "seed": int(seed), "step": train[-1]["step"], "loss_pred": train[-1]["loss_pred"]}
-            cosines = train[-1].get("positive_cosine_fraction")
-            row["positive_cosine_fraction"] = sum(cosines) / len(cosines) if cosines else None
-            if probe:
-                row["text_gain"] = probe[-1].get("text_gain")
-                entropy = probe[-1].get("attention_entropy")
-                row["attention_entropy_vs_uniform"] = (sum(entropy) / len(entropy) / probe[-1]["attention_entropy_uniform"]
-                                                       if entropy else None)
-                row["target_std"] = probe[-1]["probe_target_std"]
-            rows.append(row)
+    for name, seed in runs:
+        records = read_jsonl(variant_run_dir(name, work, int(seed)) / "metrics.jsonl")
+        train = [r for r in records if "loss_pred" in r]
+        probe = [r for r in records if "probe_loss" in r]
+        if not train:
+            continue
+        row = {"method": name, "seed": int(seed), "step": train[-1]["step"], "loss_pred": train[-1]["loss_pred"]}
+        cosines = train[-1].get("positive_cosine_fraction")
+        row["positive_cosine_fraction"] = sum(cosines) / len(cosines) if cosines else None
+        if probe:
+            row["text_gain"] = probe[-1].get("text_gain")
+            entropy = probe[-1].get("attention_entropy")
+            row["attention_entropy_vs_uniform"] = (sum(entropy) / len(entropy) / probe[-1]["attention_entropy_uniform"]
+                                                   if entropy else None)
+            row["target_std"] = probe[-1]["probe_target_std"]
+        rows.append(row)
     columns = ["method", "seed", "step", "loss_pred", "text_gain", "attention_entropy_vs_uniform",
                "positive_cosine_fraction", "target_std"]
     return pd.DataFrame(rows).reindex(columns=columns)
