@@ -36,6 +36,8 @@ VARIANTS: dict[str, list[str]] = {
     "no regularizers": ["loss.sparse_weight=0", "loss.consist_weight=0"],
     "sparse only": ["loss.consist_weight=0"],
     "consistency only": ["loss.sparse_weight=0"],
+    # The paper finds results insensitive to lambda and beta; a tenth of both tests that here.
+    "regularizers / 10": ["loss.sparse_weight=0.01", "loss.consist_weight=0.05"],
     "N=1": ["data.num_captions=1"],
     "N=8": ["data.num_captions=8"],  # scenes have 6 captions: sampled with replacement, as the loader does
     "mean pooling": ["model.caption_pool=mean"],
