@@ -53,13 +53,13 @@ def slug(name: str) -> str:
 
 def variant_config(name: str, data: Path, work: Path, plan: DemoPlan, seed: int, cache: Path,
                    shuffled_cache: Optional[Path]):
-    run = variant_run_dir(name, work, seed)
-    if name in (FULL, "I-JEPA", SHUFFLED):  # the demo's own encoders
+    demo_dirs = run_directories(work, seed, shuffled=True)
+    if name in demo_dirs:  # the demo's own encoders
         cache_for = {"I-JEPA": None, FULL: cache, SHUFFLED: shuffled_cache}[name]
         captions = "captions_shuffled.jsonl" if name == SHUFFLED else "captions.jsonl"
-        return train_config(name, data, run, plan, seed, cache_for, captions_file=captions)
+        return train_config(name, data, demo_dirs[name], plan, seed, cache_for, captions_file=captions)
     variant_plan = replace(plan, config_overrides=[*plan.config_overrides, *VARIANTS[name]])
-    return train_config(FULL, data, run, variant_plan, seed, cache)
+    return train_config(FULL, data, variant_run_dir(name, work, seed), variant_plan, seed, cache)
 
 
 def run_ablations(plan: DemoPlan, variants: list[str], data: Path, work: Path, out: Path, command: str,
@@ -68,7 +68,7 @@ def run_ablations(plan: DemoPlan, variants: list[str], data: Path, work: Path, o
     if report_only:
         if not runs.exists():
             raise SystemExit(f"{runs}: no eval records to report; run the study first")
-        return write_ablation_report(runs, out, variants, command)
+        return write_ablation_report(runs, out, variants, command, seeds_in_command=True)
     ensure_scenes(data, plan)
     cache, shuffled_cache = text_caches(data, work, plan, SHUFFLED in variants)
     forget_records_of_other_scenes(runs, data)
@@ -103,7 +103,10 @@ def evaluated(runs: Path, method: str, plan: DemoPlan) -> bool:
     return {TASK_RECORDS[t] for t in plan.tasks} <= done
 
 
-def write_ablation_report(runs: Path, out: Path, variants: list[str], command: str) -> Path:
+def write_ablation_report(runs: Path, out: Path, variants: list[str], command: str,
+                          seeds_in_command: bool = False) -> Path:
+    """``seeds_in_command``: the report is rebuilt from records, so ``command`` (the study's
+    arguments without seeds) gets the seeds that made each row, rather than naming the rebuild."""
     import matplotlib
     import pandas as pd
 
@@ -112,14 +115,20 @@ def write_ablation_report(runs: Path, out: Path, variants: list[str], command: s
 
     per_seed = per_seed_metrics(runs)
     per_seed = per_seed[per_seed.method.isin(variants)]
-    stats = seed_stats(per_seed, command)
+
+    def made_by(*seeds) -> str:
+        return f"{command} --seeds {' '.join(str(s) for s in seeds)}" if seeds_in_command else command
+
+    stats = seed_stats(per_seed, made_by(*sorted(per_seed.seed.unique())))
     out.mkdir(parents=True, exist_ok=True)
     csv = out / "ablations.csv"
     stats.to_csv(csv, index=False)
-    per_seed.assign(source="measured", command=command).to_csv(out / "per_seed.csv", index=False)
+    per_seed.assign(source="measured", command=[made_by(s) for s in per_seed.seed]).to_csv(out / "per_seed.csv",
+                                                                                          index=False)
     evaluated_runs = sorted(set(zip(per_seed.method, per_seed.seed)), key=lambda r: (r[1], variants.index(r[0])))
     monitors = training_monitors(runs.parent, evaluated_runs)
-    monitors.assign(source="measured", command=command).to_csv(out / "monitors.csv", index=False)
+    monitors.assign(source="measured", command=[made_by(s) for s in monitors.seed]).to_csv(out / "monitors.csv",
+                                                                                           index=False)
 
     # The third panel says whether the predictor read the captions at all, next to what that
     # did to the frozen features.
@@ -182,6 +191,17 @@ def variant_run_dir(name: str, work: Path, seed: int) -> Path:
     return run_directories(work, seed, shuffled=True).get(name, work / f"tcjepa-{slug(name)}-s{seed}")
 
 
+def without_options(argv: list[str], *options: str) -> list[str]:
+    """argv less the given options and their values (``--seeds 0 1``, ``--seeds=0``)."""
+    kept, dropping = [], False
+    for arg in argv:
+        if arg.startswith("--"):
+            dropping = arg.split("=", 1)[0] in options
+        if not dropping:
+            kept.append(arg)
+    return kept
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m evals.ablations", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -200,9 +220,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     plan = DemoPlan(seeds=args.seeds, tasks=["linear", "ade20k"])
     if args.steps:
         plan.train_steps = args.steps
+    argv = argv if argv is not None else sys.argv[1:]
+    if args.report_only:  # name the study that made the records, not this rebuild
+        argv = without_options(argv, "--report-only", "--seeds")
     run_ablations(plan, args.variants, args.data, args.work, args.out,
-                  command=" ".join(["python -m evals.ablations", *(argv if argv is not None else sys.argv[1:])]),
-                  report_only=args.report_only)
+                  command=" ".join(["python -m evals.ablations", *argv]), report_only=args.report_only)
     return 0
 
 

@@ -78,6 +78,15 @@ def test_ablation_study_trains_variants_and_reuses_demo_encoders(tmp_path):
                   command="pytest", report_only=True)
     assert set(pd.read_csv(tmp_path / "abl" / "ablations.csv").method) == set(variants)
     assert not (tmp_path / "runs" / "tcjepa-n-1-s0").exists()
+    # ... and its rows name the study seeds that made them, not the rebuild.
+    assert (pd.read_csv(tmp_path / "abl" / "per_seed.csv").command == "pytest --seeds 0").all()
+
+
+def test_report_only_command_drops_the_rebuild_flag_and_the_seeds():
+    from evals.ablations import without_options
+
+    argv = ["--report-only", "--seeds", "0", "1", "--work", "w", "--variants", "N=1", "--seeds=2"]
+    assert without_options(argv, "--report-only", "--seeds") == ["--work", "w", "--variants", "N=1"]
 
 
 def test_ablation_report_only_without_records_names_the_folder(tmp_path):
