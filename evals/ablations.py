@@ -3,8 +3,10 @@
 Each variant is the CPU TC-JEPA config plus a few overrides (the paper's ablation directions,
 SPEC.md section 8); I-JEPA and TC-JEPA on captions shuffled across images are the two
 references. Every encoder gets the demo's linear probe and linear segmentation; the study
-writes ``ablations.csv`` (mean, std, n per variant), ``per_seed.csv``, ``ablations.png`` and
-``monitors.csv`` (how each pretraining ended: text gain, word-attention entropy, cosines).
+writes ``ablations.csv`` (mean, std, n per variant), ``per_seed.csv``, ``verdict.csv`` (each
+variant against TC-JEPA, paired by seed), ``ablations.png`` and ``monitors.csv`` (how each
+pretraining ended: text gain, word-attention entropy, cosines). Rows already published in
+``--out`` by an earlier study on the same scenes (other seeds, another machine) are kept.
 
     python -m evals.ablations --seeds 0 1 2                  # every variant (hours on 2 CPU cores)
     python -m evals.ablations --variants "no regularizers" "N=1" --seeds 0
@@ -25,9 +27,10 @@ from typing import Optional
 
 from evals.demo import (REPO, TASK_RECORDS, DemoPlan, ensure_scenes, eval_runs_dir, evaluate, log, pretrain,
                         run_directories, text_caches, train_config)
-from evals.demo_report import SHUFFLED, per_seed_metrics, seed_stats
+from evals.demo_report import SHUFFLED, joined, per_seed_metrics, provenance, seed_stats, seed_verdict
 
 FULL = "TC-JEPA"
+SCENES_STAMP = "scenes.json"  # the scene plan that eval records (and published results) were made on
 # name -> overrides of the CPU TC-JEPA config; FULL, I-JEPA and SHUFFLED are built specially.
 VARIANTS: dict[str, list[str]] = {
     FULL: [],
@@ -72,6 +75,7 @@ def run_ablations(plan: DemoPlan, variants: list[str], data: Path, work: Path, o
     ensure_scenes(data, plan)
     cache, shuffled_cache = text_caches(data, work, plan, SHUFFLED in variants)
     forget_records_of_other_scenes(runs, data)
+    published_rows(out, runs)  # results of other scenes in --out fail now, not after hours of training
     for seed in plan.seeds:
         for name in variants:
             if evaluated(runs / f"seed{seed}", name, plan):
@@ -87,7 +91,7 @@ def forget_records_of_other_scenes(runs: Path, data: Path) -> None:
     """An interrupted study resumes from its eval records, but only on the scenes they were made
     on: records of another scene set (e.g. fewer held-out scenes) are deleted, not mixed in."""
     scenes = (data / "demo_plan.json").read_text()
-    stamp = runs / "scenes.json"
+    stamp = runs / SCENES_STAMP
     if runs.exists() and (not stamp.exists() or stamp.read_text() != scenes):
         log(f"{runs}: eval records of other scenes; evaluating again")
         shutil.rmtree(runs)
@@ -113,22 +117,31 @@ def write_ablation_report(runs: Path, out: Path, variants: list[str], command: s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    per_seed = per_seed_metrics(runs)
-    per_seed = per_seed[per_seed.method.isin(variants)]
+    def made_by(seed) -> str:
+        return f"{command} --seeds {seed}" if seeds_in_command else command
 
-    def made_by(*seeds) -> str:
-        return f"{command} --seeds {' '.join(str(s) for s in seeds)}" if seeds_in_command else command
+    measured = per_seed_metrics(runs)
+    measured = measured[measured.method.isin(variants)]
+    measured = measured.assign(source="measured", command=[made_by(s) for s in measured.seed])
+    evaluated_runs = sorted(set(zip(measured.method, measured.seed)), key=lambda r: (r[1], variants.index(r[0])))
+    monitors = training_monitors(runs.parent, evaluated_runs)
+    monitors = monitors.assign(source="measured", command=[made_by(s) for s in monitors.seed])
+    published = published_rows(out, runs)
+    per_seed = with_published(measured, published.get("per_seed"), variants)
+    monitors = with_published(monitors, published.get("monitors"), variants)
 
-    stats = seed_stats(per_seed, made_by(*sorted(per_seed.seed.unique())))
+    stats = seed_stats(per_seed, command)
     out.mkdir(parents=True, exist_ok=True)
     csv = out / "ablations.csv"
     stats.to_csv(csv, index=False)
-    per_seed.assign(source="measured", command=[made_by(s) for s in per_seed.seed]).to_csv(out / "per_seed.csv",
-                                                                                          index=False)
-    evaluated_runs = sorted(set(zip(per_seed.method, per_seed.seed)), key=lambda r: (r[1], variants.index(r[0])))
-    monitors = training_monitors(runs.parent, evaluated_runs)
-    monitors.assign(source="measured", command=[made_by(s) for s in monitors.seed]).to_csv(out / "monitors.csv",
-                                                                                           index=False)
+    per_seed.to_csv(out / "per_seed.csv", index=False)
+    monitors.to_csv(out / "monitors.csv", index=False)
+    # Each variant against full TC-JEPA, after the three references against each other.
+    comparisons = [(FULL, "I-JEPA"), (SHUFFLED, "I-JEPA"), (FULL, SHUFFLED),
+                   *[(name, FULL) for name in variants if name not in (FULL, "I-JEPA", SHUFFLED)]]
+    verdict = seed_verdict(per_seed, comparisons)
+    verdict.assign(**provenance(per_seed, joined(per_seed.command))).to_csv(out / "verdict.csv", index=False)
+    shutil.copyfile(runs / SCENES_STAMP, out / SCENES_STAMP)
 
     # The third panel says whether the predictor read the captions at all, next to what that
     # did to the frozen features.
@@ -157,6 +170,37 @@ def write_ablation_report(runs: Path, out: Path, variants: list[str], command: s
     return csv
 
 
+def published_rows(out: Path, runs: Path) -> dict:
+    """Rows an earlier study published in ``out`` (per_seed / monitors CSVs), e.g. seeds run on
+    another machine whose records are gone. They count only if made on the same scenes."""
+    import pandas as pd
+
+    tables = {name: out / f"{name}.csv" for name in ("per_seed", "monitors") if (out / f"{name}.csv").exists()}
+    if not tables:
+        return {}
+    stamp = out / SCENES_STAMP
+    if not stamp.exists() or stamp.read_text() != (runs / SCENES_STAMP).read_text():
+        raise SystemExit(f"{out}: holds results made on other scenes than {runs} (its {SCENES_STAMP} "
+                         f"{'is missing' if not stamp.exists() else 'differs'}); pass another --out, or "
+                         f"delete {out} to start the study afresh")
+    return {name: pd.read_csv(csv) for name, csv in tables.items()}
+
+
+def with_published(measured, published, variants: list[str]):
+    """Measured rows plus the published rows of (method, seed) pairs not measured here: seeds
+    measured here replace their published rows; variants not asked for are left out."""
+    import pandas as pd
+
+    if published is None or published.empty:
+        return measured
+    here = set(zip(measured.method, measured.seed))
+    kept = published[[(m, s) not in here and m in variants for m, s in zip(published.method, published.seed)]]
+    merged = pd.concat([kept, measured], ignore_index=True) if len(measured) else kept
+    order = {name: i for i, name in enumerate(variants)}
+    return merged.sort_values(["seed", "method"], key=lambda c: c.map(order) if c.name == "method" else c,
+                              kind="stable").reset_index(drop=True)
+
+
 def training_monitors(work: Path, runs: list[tuple[str, int]]):
     """What each encoder's pretraining ended with (its last logged step and last probe
     monitors): whether the predictor read the captions (text gain), whether its word attention
@@ -178,9 +222,9 @@ def training_monitors(work: Path, runs: list[tuple[str, int]]):
         if probe:
             row["text_gain"] = probe[-1].get("text_gain")
             entropy = probe[-1].get("attention_entropy")
-            row["attention_entropy_vs_uniform"] = (sum(entropy) / len(entropy) / probe[-1]["attention_entropy_uniform"]
-                                                   if entropy else None)
-            row["target_std"] = probe[-1]["probe_target_std"]
+            uniform = probe[-1].get("attention_entropy_uniform")  # runs logged before this monitor lack it
+            row["attention_entropy_vs_uniform"] = sum(entropy) / len(entropy) / uniform if entropy and uniform else None
+            row["target_std"] = probe[-1].get("probe_target_std")
         rows.append(row)
     columns = ["method", "seed", "step", "loss_pred", "text_gain", "attention_entropy_vs_uniform",
                "positive_cosine_fraction", "target_std"]

@@ -34,13 +34,15 @@ def per_seed_metrics(runs: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["method", "task", "metric", "value", "seed", "git_commit", "hardware"])
 
 
-def seed_verdict(per_seed: pd.DataFrame) -> pd.DataFrame:
+def seed_verdict(per_seed: pd.DataFrame, comparisons=COMPARISONS) -> pd.DataFrame:
     """For each comparison and metric: mean difference, the larger of the two seed spreads
-    (sample std), the paired per-seed differences, and whether the difference exceeds the spread."""
+    (sample std), the paired per-seed differences, and whether the difference exceeds the spread.
+    ``paired_t`` (mean paired difference over its standard error) is the sharper test when the
+    seeds move both methods together, as a shared initialisation does."""
     rows = []
     for (task, metric), df in per_seed.groupby(["task", "metric"]):
         table = df.pivot_table(index="seed", columns="method", values="value")
-        for method, baseline in COMPARISONS:
+        for method, baseline in comparisons:
             if method not in table or baseline not in table:
                 continue
             pair = table[[method, baseline]].dropna()
@@ -57,22 +59,41 @@ def seed_verdict(per_seed: pd.DataFrame) -> pd.DataFrame:
                 verdict = "within seed spread"
             rows.append({"task": task, "metric": metric, "method": method, "baseline": baseline,
                          "seeds": len(pair), "delta": delta, "seed_spread": spread,
-                         "paired_deltas": " ".join(f"{d:+.2f}" for d in paired), "verdict": verdict})
+                         "paired_deltas": " ".join(f"{d:+.2f}" for d in paired),
+                         "paired_t": paired_t(paired), "verdict": verdict})
     return pd.DataFrame(rows)
+
+
+def paired_t(deltas: pd.Series) -> float:
+    """Mean over standard error of the per-seed differences (nan below two seeds or if all equal)."""
+    sem = deltas.std(ddof=1) / len(deltas) ** 0.5 if len(deltas) > 1 else float("nan")
+    return deltas.mean() / sem if sem and sem == sem else float("nan")
+
+
+def joined(values) -> str:
+    """Distinct values in order of appearance, ' ; '-separated: a table row made by several runs
+    (seeds on different commits or machines) names all of them, not the first."""
+    return " ; ".join(dict.fromkeys(str(v) for v in values if pd.notna(v)))
 
 
 def provenance(per_seed: pd.DataFrame, command: str) -> dict:
     """Columns every measured table carries: what made the numbers, at which commit, on what."""
-    first = per_seed.iloc[0] if len(per_seed) else {}
-    return {"source": "measured", "command": command, "git_commit": first.get("git_commit"),
-            "hardware": first.get("hardware")}
+    return {"source": "measured", "command": command, "git_commit": joined(per_seed.get("git_commit", [])),
+            "hardware": joined(per_seed.get("hardware", []))}
 
 
 def seed_stats(per_seed: pd.DataFrame, command: str) -> pd.DataFrame:
-    """Mean, sample std and count over seeds per (method, task, metric), with provenance columns."""
-    stats = per_seed.groupby(["method", "task", "metric"])["value"].agg(["mean", "std", "count"]).reset_index()
+    """Mean, sample std and count over seeds per (method, task, metric), with provenance columns.
+    Each row's provenance comes from its own seeds: the per-seed ``command`` column where there
+    is one (seeds measured by different runs), else ``command``."""
+    keys = ["method", "task", "metric"]
+    stats = per_seed.groupby(keys)["value"].agg(["mean", "std", "count"]).reset_index()
     stats["std"] = stats["std"].fillna(0.0)
-    return stats.assign(**provenance(per_seed, command))
+    rows = per_seed if "command" in per_seed else per_seed.assign(command=command)
+    made_by = rows.groupby(keys).agg(command=("command", joined), git_commit=("git_commit", joined),
+                                     hardware=("hardware", joined)).reset_index()
+    return stats.merge(made_by, on=keys).assign(source="measured")[
+        [*keys, "mean", "std", "count", "source", "command", "git_commit", "hardware"]]
 
 
 def summarize(runs: Path, out: Path, command: str) -> Path:
@@ -101,9 +122,11 @@ def summarize(runs: Path, out: Path, command: str) -> Path:
     text = text.replace("\n\n", "\n\n" + note, 1)
     if len(verdict):
         shown = verdict.assign(delta=verdict["delta"].map("{:+.2f}".format),
-                               seed_spread=verdict["seed_spread"].map("{:.2f}".format))
+                               seed_spread=verdict["seed_spread"].map("{:.2f}".format),
+                               paired_t=verdict["paired_t"].map("{:+.1f}".format))
         text += "\n" + to_markdown(shown, "Verdict: differences against the spread over seeds")
         text += ("\n`delta` = mean(method) - mean(baseline); `seed_spread` = the larger sample std of the two; "
-                 "`paired_deltas` = per-seed differences (same seed, same initialisation).\n")
+                 "`paired_deltas` = per-seed differences (same seed, same initialisation); "
+                 "`paired_t` = their mean over its standard error.\n")
     (out / "comparison.md").write_text(text)
     return csv

@@ -80,6 +80,23 @@ def test_ablation_study_trains_variants_and_reuses_demo_encoders(tmp_path):
     assert not (tmp_path / "runs" / "tcjepa-n-1-s0").exists()
     # ... and its rows name the study seeds that made them, not the rebuild.
     assert (pd.read_csv(tmp_path / "abl" / "per_seed.csv").command == "pytest --seeds 0").all()
+    # Seeds published by an earlier study (records gone, e.g. another machine) stay in the report;
+    # a seed measured here would replace its published rows.
+    per_seed = pd.read_csv(tmp_path / "abl" / "per_seed.csv")
+    elsewhere = per_seed[per_seed.method == "I-JEPA"].assign(seed=7, value=1.0, command="elsewhere --seeds 7",
+                                                               git_commit="abc")
+    pd.concat([per_seed, elsewhere]).to_csv(tmp_path / "abl" / "per_seed.csv", index=False)
+    run_ablations(plan, variants, tmp_path / "scenes", tmp_path / "runs", tmp_path / "abl", command="pytest",
+                  report_only=True)
+    merged = pd.read_csv(tmp_path / "abl" / "per_seed.csv")
+    assert len(merged) == len(per_seed) + len(elsewhere) and set(merged.seed) == {0, 7}
+    row = pd.read_csv(tmp_path / "abl" / "ablations.csv").query("method == 'I-JEPA' and metric == 'top1'").iloc[0]
+    assert row["count"] == 2 and row.command == "pytest --seeds 0 ; elsewhere --seeds 7" and "abc" in row.git_commit
+    # ... but only if they were made on the same scenes.
+    (tmp_path / "abl" / "scenes.json").write_text("{}")
+    with pytest.raises(SystemExit, match="other scenes"):
+        run_ablations(plan, variants, tmp_path / "scenes", tmp_path / "runs", tmp_path / "abl", command="pytest",
+                      report_only=True)
 
 
 def test_report_only_command_drops_the_rebuild_flag_and_the_seeds():
