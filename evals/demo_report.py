@@ -66,8 +66,10 @@ def seed_verdict(per_seed: pd.DataFrame, comparisons=COMPARISONS) -> pd.DataFram
 
 def paired_t(deltas: pd.Series) -> float:
     """Mean over standard error of the per-seed differences (nan below two seeds or if all equal)."""
-    sem = deltas.std(ddof=1) / len(deltas) ** 0.5 if len(deltas) > 1 else float("nan")
-    return deltas.mean() / sem if sem and sem == sem else float("nan")
+    if len(deltas) < 2:
+        return float("nan")
+    sem = deltas.std(ddof=1) / len(deltas) ** 0.5
+    return deltas.mean() / sem if sem > 0 else float("nan")
 
 
 def joined(values) -> str:
@@ -123,7 +125,7 @@ def summarize(runs: Path, out: Path, command: str) -> Path:
     if len(verdict):
         shown = verdict.assign(delta=verdict["delta"].map("{:+.2f}".format),
                                seed_spread=verdict["seed_spread"].map("{:.2f}".format),
-                               paired_t=verdict["paired_t"].map("{:+.1f}".format))
+                               paired_t=verdict["paired_t"].map(lambda t: "nan" if pd.isna(t) else f"{t:+.1f}"))
         text += "\n" + to_markdown(shown, "Verdict: differences against the spread over seeds")
         text += ("\n`delta` = mean(method) - mean(baseline); `seed_spread` = the larger sample std of the two; "
                  "`paired_deltas` = per-seed differences (same seed, same initialisation); "
