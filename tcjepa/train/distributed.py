@@ -8,6 +8,7 @@ parameter name: a run saved under FSDP resumes under DDP or on one device, and v
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -170,6 +171,24 @@ def unwrap(module: nn.Module) -> nn.Module:
 def is_sharded(module: nn.Module) -> bool:
     module = unwrap(module)
     return isinstance(module, FSDPModule) or any(isinstance(p, DTensor) for p in module.parameters())
+
+
+@contextlib.contextmanager
+def unsharded(module: nn.Module):
+    """All-gather the root FSDP2 module's own parameters for the ``with`` body (a collective:
+    every rank must enter it). FSDP2 gathers a module's parameters only in the hooks around its
+    ``forward``; code that calls other methods of the model (``JEPA.targets`` / ``predict``)
+    would otherwise meet DTensor shards in the root's layers (patch embedding, norms). Blocks
+    sharded on their own still gather themselves when called. A no-op when not sharded."""
+    module = unwrap(module)
+    if not isinstance(module, FSDPModule):
+        yield
+        return
+    module.unshard()
+    try:
+        yield
+    finally:
+        module.reshard()
 
 
 # ----------------------------------------------------------------------------- state dicts

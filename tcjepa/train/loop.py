@@ -129,10 +129,14 @@ def train(cfg: Config, max_steps_this_run: Optional[int] = None, on_step: Option
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    torch.manual_seed(cfg.train.seed + dist.rank)
+    # Every rank builds the same initial weights: DDP would broadcast rank 0's, but FSDP2 keeps
+    # each rank's own shard, which mixed two inits when ranks were seeded apart.
+    torch.manual_seed(cfg.train.seed)
 
     # Model, then everything that depends on its patch grid.
     model = JEPA(cfg).to(device)
+    if dist.world_size > 1:  # per-rank streams (drop_path); one process keeps its stream as before
+        torch.manual_seed(cfg.train.seed + dist.rank)
     if cfg.train.activation_checkpointing:
         model.encoder.set_grad_checkpointing(True)
         model.target_encoder.set_grad_checkpointing(False)

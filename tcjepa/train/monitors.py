@@ -19,6 +19,7 @@ import torch
 
 from ..models.jepa import JEPA, prediction_loss, token_spread
 from .checkpoint import atomic_write
+from .distributed import unsharded
 
 log = logging.getLogger("tcjepa.train")
 
@@ -121,6 +122,13 @@ def attention_entropy(attention: list[torch.Tensor], word_mask: torch.Tensor) ->
 @torch.no_grad()
 def probe_monitors(model: JEPA, batch: dict[str, Any]) -> dict[str, Any]:
     """Monitors on a fixed probe batch (already on the model's device)."""
+    # Under FSDP2 this calls model methods that are not forward(): without gathering the root's
+    # parameters first the probe fails on DTensor shards, at the last step of every FSDP run.
+    with unsharded(model):
+        return _probe_monitors(model, batch)
+
+
+def _probe_monitors(model: JEPA, batch: dict[str, Any]) -> dict[str, Any]:
     was_training = model.training
     model.eval()
     images, cidx, tidx = batch["images"], batch["context_idx"], batch["target_idx"]

@@ -9,6 +9,9 @@ chosen by an environment variable (the hooks live here, never in product code):
   (inside the atomic writer: half the bytes are in the temp file, nothing renamed yet);
 - RELIABILITY_KILL_BEFORE_LATEST=N: SIGKILL itself after checkpoint N is renamed into place
   but before the ``latest`` pointer is updated.
+
+Under torchrun, RELIABILITY_KILL_RANK=R installs the fault in rank R only; the other ranks
+train on until the dead peer stops them (or torchrun tears them down).
 """
 from __future__ import annotations
 
@@ -37,6 +40,10 @@ def main(argv: list[str]) -> int:
 
     cfg = load_config(None, argv)
     on_step = None
+    rank = os.environ.get("RANK", "0")
+    if os.environ.get("RELIABILITY_KILL_RANK", rank) != rank:
+        train(cfg)  # not the rank to fault
+        return 0
 
     if "RELIABILITY_KILL_AT_STEP" in os.environ:
         kill_step = int(os.environ["RELIABILITY_KILL_AT_STEP"])
