@@ -25,6 +25,7 @@ from ..models.jepa import JEPA
 from . import checkpoint as ckpt_io
 from .distributed import (
     all_gather_objects,
+    all_reduce_mean,
     init_distributed,
     load_model_state_dict,
     load_optimizer_state_dict,
@@ -257,6 +258,13 @@ def train(cfg: Config, max_steps_this_run: Optional[int] = None, on_step: Option
                 for k, v in out.items():
                     if v.numel() == 1:
                         sums[k] = sums.get(k, 0.0) + v.detach().float() / accum
+            if dist.world_size > 1:
+                # One small collective: every rank gets the global mean losses, so a non-finite
+                # loss on any rank (whose gradients DDP has already averaged into everyone's)
+                # stops or skips the step on all of them, and the log shows the global loss.
+                names = sorted(sums)
+                means = all_reduce_mean(torch.stack([sums[k] for k in names]))
+                sums = dict(zip(names, means))
             loss_t = sums["loss"]
             if not torch.isfinite(loss_t):
                 optimizer.zero_grad(set_to_none=True)

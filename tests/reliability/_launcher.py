@@ -10,8 +10,10 @@ chosen by an environment variable (the hooks live here, never in product code):
 - RELIABILITY_KILL_BEFORE_LATEST=N: SIGKILL itself after checkpoint N is renamed into place
   but before the ``latest`` pointer is updated.
 
-Under torchrun, RELIABILITY_KILL_RANK=R installs the fault in rank R only; the other ranks
-train on until the dead peer stops them (or torchrun tears them down).
+- RELIABILITY_NAN_AT_FORWARD=N: training forward number N (1-based) returns a NaN loss.
+
+Under torchrun, RELIABILITY_FAULT_RANK=R installs the fault in rank R only; the other ranks
+train on as usual (until a dead peer stops them, or torchrun tears them down).
 """
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ def main(argv: list[str]) -> int:
     cfg = load_config(None, argv)
     on_step = None
     rank = os.environ.get("RANK", "0")
-    if os.environ.get("RELIABILITY_KILL_RANK", rank) != rank:
+    if os.environ.get("RELIABILITY_FAULT_RANK", rank) != rank:
         train(cfg)  # not the rank to fault
         return 0
 
@@ -80,6 +82,20 @@ def main(argv: list[str]) -> int:
             return real_atomic_write(path, write)
 
         ckpt_io.atomic_write = atomic_write
+
+    if "RELIABILITY_NAN_AT_FORWARD" in os.environ:
+        from tcjepa.models.jepa import JEPA
+
+        nan_forward, real_forward, calls = int(os.environ["RELIABILITY_NAN_AT_FORWARD"]), JEPA.forward, [0]
+
+        def forward(self, *args, **kwargs):
+            out = real_forward(self, *args, **kwargs)
+            calls[0] += 1
+            if calls[0] == nan_forward:
+                out["loss"] = out["loss"] * float("nan")
+            return out
+
+        JEPA.forward = forward
 
     train(cfg, on_step=on_step)
     return 0

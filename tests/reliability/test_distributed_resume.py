@@ -21,7 +21,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from reliability_helpers import LAUNCHER, REPO, assert_same_run, child_env, final_state, tail, tiny_overrides
+from reliability_helpers import (
+    LAUNCHER, REPO, STEPS, assert_same_run, child_env, final_state, logged_rows, tail, tiny_overrides,
+)
 
 from tcjepa.config import load_config
 from tcjepa.models.jepa import JEPA
@@ -112,7 +114,7 @@ def test_kill_one_rank_then_resume_on_two(scenes, tmp_path, mode, kill_rank, kil
 
     overrides = tiny_overrides(scenes, out, train__distributed=mode)
     killed = torchrun([str(LAUNCHER), *overrides],
-                      RELIABILITY_KILL_AT_STEP=kill_step, RELIABILITY_KILL_RANK=kill_rank)
+                      RELIABILITY_KILL_AT_STEP=kill_step, RELIABILITY_FAULT_RANK=kill_rank)
     assert killed.returncode != 0, tail(killed)
     # torchrun's failure report names the rank we killed and its signal (not a crash of the other).
     report = rf"rank\s*: {kill_rank} .*\n\s*exitcode\s*: -{int(signal.SIGKILL)}\b"
@@ -131,3 +133,19 @@ def test_kill_one_rank_then_resume_on_two(scenes, tmp_path, mode, kill_rank, kil
     # Full tensors in the checkpoint (every FSDP shard gathered), not rank 0's half.
     plain = JEPA(load_config(None, overrides)).encoder.state_dict()
     assert {k: v.shape for k, v in final_state(out)["encoder"].items()} == {k: v.shape for k, v in plain.items()}
+
+
+def test_a_nan_on_one_rank_skips_the_step_on_every_rank(scenes, tmp_path):
+    """DDP has already averaged rank 1's NaN gradients into rank 0's when the losses are checked:
+    the ranks must agree that the step is bad (the global loss), or rank 0, seeing its own finite
+    loss, steps with NaN gradients and every weight turns NaN."""
+    overrides = tiny_overrides(scenes, tmp_path, train__distributed="ddp", train__nan_policy="skip")
+    ran = torchrun([str(LAUNCHER), *overrides], RELIABILITY_NAN_AT_FORWARD=3, RELIABILITY_FAULT_RANK=1)
+    assert ran.returncode == 0, tail(ran)
+    assert ran.stderr.count("non-finite loss (nan) at step 3") == WORLD, tail(ran)
+    logged = [r["step"] for r in logged_rows(tmp_path) if "loss" in r]
+    assert logged == [1, 2, 4, 5, 6, 7, 8]
+    state = final_state(tmp_path)
+    assert state["step"] == STEPS
+    assert all(torch.isfinite(v).all() for part in ("encoder", "predictor", "target_encoder")
+               for v in state[part].values() if v.is_floating_point())
