@@ -71,7 +71,7 @@ def run_ablations(plan: DemoPlan, variants: list[str], data: Path, work: Path, o
     if report_only:
         if not runs.exists():
             raise SystemExit(f"{runs}: no eval records to report; run the study first")
-        return write_ablation_report(runs, out, variants, command, seeds_in_command=True)
+        return write_ablation_report(runs, out, command, seeds_in_command=True)
     ensure_scenes(data, plan)
     cache, shuffled_cache = text_caches(data, work, plan, SHUFFLED in variants)
     forget_records_of_other_scenes(runs, data)
@@ -84,7 +84,7 @@ def run_ablations(plan: DemoPlan, variants: list[str], data: Path, work: Path, o
             cfg = variant_config(name, data, work, plan, seed, cache, shuffled_cache)
             ckpt = pretrain(name, cfg)
             evaluate(["--ckpt", str(ckpt)], name, data, runs / f"seed{seed}", plan, seed)
-    return write_ablation_report(runs, out, variants, command)
+    return write_ablation_report(runs, out, command)
 
 
 def forget_records_of_other_scenes(runs: Path, data: Path) -> None:
@@ -107,9 +107,10 @@ def evaluated(runs: Path, method: str, plan: DemoPlan) -> bool:
     return {TASK_RECORDS[t] for t in plan.tasks} <= done
 
 
-def write_ablation_report(runs: Path, out: Path, variants: list[str], command: str,
-                          seeds_in_command: bool = False) -> Path:
-    """``seeds_in_command``: the report is rebuilt from records, so ``command`` (the study's
+def write_ablation_report(runs: Path, out: Path, command: str, seeds_in_command: bool = False) -> Path:
+    """Every variant evaluated in ``runs`` or published in ``out``, whichever ``--variants`` this
+    call trained: a study of a few variants adds to the report, it does not narrow it.
+    ``seeds_in_command``: the report is rebuilt from records, so ``command`` (the study's
     arguments without seeds) gets the seeds that made each row, rather than naming the rebuild."""
     import matplotlib
     import pandas as pd
@@ -121,14 +122,14 @@ def write_ablation_report(runs: Path, out: Path, variants: list[str], command: s
         return f"{command} --seeds {seed}" if seeds_in_command else command
 
     measured = per_seed_metrics(runs)
-    measured = measured[measured.method.isin(variants)]
     measured = measured.assign(source="measured", command=[made_by(s) for s in measured.seed])
-    evaluated_runs = sorted(set(zip(measured.method, measured.seed)), key=lambda r: (r[1], variants.index(r[0])))
+    evaluated_runs = sorted(set(zip(measured.method, measured.seed)), key=lambda r: (r[1], variant_order(r[0])))
     monitors = training_monitors(runs.parent, evaluated_runs)
     monitors = monitors.assign(source="measured", command=[made_by(s) for s in monitors.seed])
     published = published_rows(out, runs)
-    per_seed = with_published(measured, published.get("per_seed"), variants)
-    monitors = with_published(monitors, published.get("monitors"), variants)
+    per_seed = with_published(measured, published.get("per_seed"))
+    monitors = with_published(monitors, published.get("monitors"))
+    variants = sorted(set(per_seed.method), key=variant_order)
 
     stats = seed_stats(per_seed, command)
     out.mkdir(parents=True, exist_ok=True)
@@ -186,18 +187,22 @@ def published_rows(out: Path, runs: Path) -> dict:
     return {name: pd.read_csv(csv) for name, csv in tables.items()}
 
 
-def with_published(measured, published, variants: list[str]):
+def variant_order(name: str) -> tuple:
+    """VARIANTS' order; a variant published earlier under a name no longer defined goes last."""
+    return (list(VARIANTS).index(name), "") if name in VARIANTS else (len(VARIANTS), name)
+
+
+def with_published(measured, published):
     """Measured rows plus the published rows of (method, seed) pairs not measured here: seeds
-    measured here replace their published rows; variants not asked for are left out."""
+    measured here replace their published rows."""
     import pandas as pd
 
     if published is None or published.empty:
         return measured
     here = set(zip(measured.method, measured.seed))
-    kept = published[[(m, s) not in here and m in variants for m, s in zip(published.method, published.seed)]]
+    kept = published[[(m, s) not in here for m, s in zip(published.method, published.seed)]]
     merged = pd.concat([kept, measured], ignore_index=True) if len(measured) else kept
-    order = {name: i for i, name in enumerate(variants)}
-    return merged.sort_values(["seed", "method"], key=lambda c: c.map(order) if c.name == "method" else c,
+    return merged.sort_values(["seed", "method"], key=lambda c: c.map(variant_order) if c.name == "method" else c,
                               kind="stable").reset_index(drop=True)
 
 

@@ -92,6 +92,11 @@ def test_ablation_study_trains_variants_and_reuses_demo_encoders(tmp_path):
     assert len(merged) == len(per_seed) + len(elsewhere) and set(merged.seed) == {0, 7}
     row = pd.read_csv(tmp_path / "abl" / "ablations.csv").query("method == 'I-JEPA' and metric == 'top1'").iloc[0]
     assert row["count"] == 2 and row.command == "pytest --seeds 0 ; elsewhere --seeds 7" and "abc" in row.git_commit
+    # A study of fewer variants adds to the report; it does not drop the others.
+    run_ablations(plan, ["I-JEPA"], tmp_path / "scenes", tmp_path / "runs", tmp_path / "abl", command="pytest",
+                  report_only=True)
+    assert set(pd.read_csv(tmp_path / "abl" / "ablations.csv").method) == set(variants)
+    assert len(pd.read_csv(tmp_path / "abl" / "per_seed.csv")) == len(merged)
     # ... but only if they were made on the same scenes.
     (tmp_path / "abl" / "scenes.json").write_text("{}")
     with pytest.raises(SystemExit, match="other scenes"):
