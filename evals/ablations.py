@@ -144,12 +144,18 @@ def write_ablation_report(runs: Path, out: Path, command: str, seeds_in_command:
     verdict.assign(**provenance(per_seed, joined(per_seed.command))).to_csv(out / "verdict.csv", index=False)
     shutil.copyfile(runs / SCENES_STAMP, out / SCENES_STAMP)
 
+    # Means over the seeds every variant has: a reference with extra seeds would otherwise sit
+    # apart from variants measured on fewer (seed effects move all methods together).
+    common = sorted(set.intersection(*(set(g.seed) for _, g in per_seed.groupby("method"))))
+    shown = seed_stats(per_seed[per_seed.seed.isin(common)], command) if common else stats
+    seeds_note = f"seeds {', '.join(map(str, common))}" if common else "all seeds"
     # The third panel says whether the predictor read the captions at all, next to what that
     # did to the frozen features.
-    text_gain = monitors.groupby("method").text_gain.agg(["mean", "std"]).reset_index()
+    text_gain = monitors[monitors.seed.isin(common)] if common else monitors
+    text_gain = text_gain.groupby("method").text_gain.agg(["mean", "std"]).reset_index()
     panels = [
-        (stats[(stats.task == "in1k_linear") & (stats.metric == "top1")], "linear probe top-1", "tab:blue"),
-        (stats[(stats.task == "ade20k_linear") & (stats.metric == "mIoU")], "linear segmentation mIoU", "tab:blue"),
+        (shown[(shown.task == "in1k_linear") & (shown.metric == "top1")], "linear probe top-1", "tab:blue"),
+        (shown[(shown.task == "ade20k_linear") & (shown.metric == "mIoU")], "linear segmentation mIoU", "tab:blue"),
         (text_gain, "text gain at the end of pretraining", "tab:orange"),
     ]
     fig, axes = plt.subplots(1, len(panels), figsize=(16, 0.45 * len(variants) + 1.5), sharey=True)
@@ -157,11 +163,13 @@ def write_ablation_report(runs: Path, out: Path, command: str, seeds_in_command:
         rows = table.set_index("method").reindex(variants)
         # Points, not bars from zero: the differences are a few points on a ~20-point scale.
         ax.errorbar(rows["mean"], range(len(variants)), xerr=rows["std"].fillna(0), fmt="o", color=color, capsize=3)
-        for reference, style in (("I-JEPA", ":"), (FULL, "--")):
-            if pd.notna(rows["mean"].get(reference)):
-                ax.axvline(rows["mean"][reference], color="gray", linestyle=style, linewidth=1)
+        lines = [(name, style) for name, style in (("I-JEPA", "dotted"), (FULL, "dashed"))
+                 if pd.notna(rows["mean"].get(name))]
+        for name, style in lines:
+            ax.axvline(rows["mean"][name], color="gray", linestyle=style, linewidth=1)
         ax.set_yticks(range(len(variants)), variants)
-        ax.set_title(f"{title}\n(mean ± std over seeds; dotted I-JEPA, dashed TC-JEPA)", fontsize=10)
+        legend = "; ".join(f"{style} {name}" for name, style in lines)
+        ax.set_title(f"{title}\n(mean ± std over {seeds_note}; {legend})", fontsize=10)
         ax.grid(axis="x", alpha=0.3)
     axes[0].invert_yaxis()
     fig.tight_layout()
