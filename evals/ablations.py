@@ -271,8 +271,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                    help="runs folder, shared with the demo to reuse its encoders (default: runs/demo)")
     p.add_argument("--out", type=Path, default=REPO / "results/ablations", help="default: results/ablations")
     p.add_argument("--report-only", action="store_true",
-                   help="rewrite the CSVs and plot from the eval records already made (every seed found), "
-                        "training nothing")
+                   help="rewrite the CSVs and plot from the eval records already made (every seed found) and "
+                        "the rows already published in --out, training nothing")
     args = p.parse_args(argv)
     plan = DemoPlan(seeds=args.seeds, tasks=["linear", "ade20k"])
     if args.steps:
