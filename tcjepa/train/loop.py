@@ -26,6 +26,8 @@ from . import checkpoint as ckpt_io
 from .distributed import (
     all_gather_objects,
     all_reduce_mean,
+    barrier,
+    cleanup,
     init_distributed,
     load_model_state_dict,
     load_optimizer_state_dict,
@@ -328,6 +330,10 @@ def train(cfg: Config, max_steps_this_run: Optional[int] = None, on_step: Option
             f"checkpoint {last_ckpt}",
             flush=True,
         )
+    # Leave the process group together and on purpose: a group still alive at interpreter exit
+    # can abort a rank of a finished run ("terminate called without an active exception").
+    barrier()
+    cleanup()
     return summary
 
 
