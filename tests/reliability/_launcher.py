@@ -8,8 +8,7 @@ chosen by an environment variable (the hooks live here, never in product code):
 - RELIABILITY_KILL_IN_CKPT_WRITE=N: SIGKILL itself half-way through writing checkpoint N
   (inside the atomic writer: half the bytes are in the temp file, nothing renamed yet);
 - RELIABILITY_KILL_BEFORE_LATEST=N: SIGKILL itself after checkpoint N is renamed into place
-  but before the ``latest`` pointer is updated.
-
+  but before the ``latest`` pointer is updated;
 - RELIABILITY_NAN_AT_FORWARD=N: training forward number N (1-based) returns a NaN loss.
 
 Under torchrun, RELIABILITY_FAULT_RANK=R installs the fault in rank R only; the other ranks
@@ -84,18 +83,11 @@ def main(argv: list[str]) -> int:
         ckpt_io.atomic_write = atomic_write
 
     if "RELIABILITY_NAN_AT_FORWARD" in os.environ:
+        from reliability_helpers import poisoned
+
         from tcjepa.models.jepa import JEPA
 
-        nan_forward, real_forward, calls = int(os.environ["RELIABILITY_NAN_AT_FORWARD"]), JEPA.forward, [0]
-
-        def forward(self, *args, **kwargs):
-            out = real_forward(self, *args, **kwargs)
-            calls[0] += 1
-            if calls[0] == nan_forward:
-                out["loss"] = out["loss"] * float("nan")
-            return out
-
-        JEPA.forward = forward
+        JEPA.forward = poisoned(JEPA.forward, {int(os.environ["RELIABILITY_NAN_AT_FORWARD"])})
 
     train(cfg, on_step=on_step)
     return 0

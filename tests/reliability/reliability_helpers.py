@@ -34,6 +34,21 @@ def tiny_overrides(root, out_dir, **extra) -> list[str]:
     return [f"{k}={v}" for k, v in values.items()]
 
 
+def poisoned(forward, calls: set[int], value=float("nan")):
+    """``forward`` whose call number ``n`` (1-based) in ``calls`` returns a non-finite loss; for
+    ``JEPA.forward``, in-process (monkeypatch) or in a child (the fault launcher)."""
+    count = [0]
+
+    def wrapper(self, *args, **kwargs):
+        out = forward(self, *args, **kwargs)
+        count[0] += 1
+        if count[0] in calls:
+            out["loss"] = out["loss"] * value
+        return out
+
+    return wrapper
+
+
 def child_env(**faults) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELIABILITY_")}
     env.update({k: str(v) for k, v in faults.items()})

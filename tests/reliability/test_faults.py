@@ -8,8 +8,8 @@ import math
 
 import pytest
 import torch
-from reliability_helpers import (STEPS, assert_same_run, assert_same_weights, logged_rows, the_error_line, tiny_overrides,
-                                 train_in_process)
+from reliability_helpers import (STEPS, assert_same_run, assert_same_weights, logged_rows, poisoned, the_error_line,
+                                 tiny_overrides, train_in_process)
 
 from tcjepa.cli.train import main as train_main
 from tcjepa.models.jepa import JEPA
@@ -132,17 +132,7 @@ def test_garbage_latest_pointer_is_ignored(stopped_at_4, reference_run, tmp_path
 
 def poison_forward(monkeypatch, calls: set[int], value=float("nan")):
     """Training forward number ``n`` (1-based) in ``calls`` returns a non-finite loss."""
-    real = JEPA.forward
-    count = {"n": 0}
-
-    def forward(self, *args, **kwargs):
-        out = real(self, *args, **kwargs)
-        count["n"] += 1
-        if count["n"] in calls:
-            out["loss"] = out["loss"] * value
-        return out
-
-    monkeypatch.setattr(JEPA, "forward", forward)
+    monkeypatch.setattr(JEPA, "forward", poisoned(JEPA.forward, calls, value))
 
 
 def test_nan_policy_stop_names_step_and_last_good_checkpoint(scenes, tmp_path, monkeypatch, capsys):
