@@ -129,6 +129,11 @@ def write_ablation_report(runs: Path, out: Path, command: str, seeds_in_command:
     published = published_rows(out, runs)
     per_seed = with_published(measured, published.get("per_seed"))
     monitors = with_published(monitors, published.get("monitors"))
+    # A run's monitors were logged by the process that was then evaluated: same commit, machine.
+    made_by_run = per_seed.groupby(["method", "seed"]).agg(git_commit=("git_commit", joined),
+                                                          hardware=("hardware", joined)).reset_index()
+    monitors = monitors.drop(columns=["git_commit", "hardware"], errors="ignore").merge(
+        made_by_run, on=["method", "seed"], how="left")
     variants = sorted(set(per_seed.method), key=variant_order)
 
     stats = seed_stats(per_seed, command)

@@ -80,6 +80,8 @@ def test_ablation_study_trains_variants_and_reuses_demo_encoders(tmp_path):
     assert not (tmp_path / "runs" / "tcjepa-n-1-s0").exists()
     # ... and its rows name the study seeds that made them, not the rebuild.
     assert (pd.read_csv(tmp_path / "abl" / "per_seed.csv").command == "pytest --seeds 0").all()
+    monitors = pd.read_csv(tmp_path / "abl" / "monitors.csv")
+    assert monitors.git_commit.notna().all() and monitors.hardware.notna().all()
     # Seeds published by an earlier study (records gone, e.g. another machine) stay in the report;
     # a seed measured here would replace its published rows.
     per_seed = pd.read_csv(tmp_path / "abl" / "per_seed.csv")
