@@ -40,6 +40,8 @@ from .optim import Schedules, build_optimizer, build_param_groups
 
 log = logging.getLogger("tcjepa.train")
 MODEL_PARTS = ("encoder", "predictor", "target_encoder")  # I-JEPA's checkpoint keys
+# Above this share of its initialization left in the target encoder at the end, warn.
+TARGET_INIT_SHARE_WARNING = 0.1
 
 
 class TrainingError(RuntimeError):
@@ -162,6 +164,14 @@ def train(cfg: Config, max_steps_this_run: Optional[int] = None, on_step: Option
     steps_per_epoch = max(1, len(loader) // accum)
     total_steps = cfg.optim.max_steps or cfg.optim.epochs * steps_per_epoch
     schedules = Schedules(cfg.optim, steps_per_epoch, total_steps)
+    init_share = schedules.target_init_share()
+    if init_share > TARGET_INIT_SHARE_WARNING:
+        log.warning(
+            "optim.ema=%s over %d steps leaves %.0f%% of the target encoder (the encoder that is "
+            "evaluated and exported) at its random initialization; for short runs start the EMA "
+            "lower, e.g. optim.ema=[0.98,1.0]",
+            list(cfg.optim.ema), total_steps, 100 * init_share,
+        )
     # FSDP2 shards parameters in place, so the optimizer is built after wrapping.
     use_bf16 = cfg.train.precision == "bf16" and device.type == "cuda"
     wrapped = wrap_model(model, cfg.train.distributed, device, param_dtype=torch.bfloat16 if use_bf16 else None)

@@ -157,6 +157,16 @@ class Schedules:
         start, end = self.cfg.ema
         return start + (end - start) * min(1.0, step / self.horizon)
 
+    def target_init_share(self) -> float:
+        """Weight the target encoder still gives its initial weights after ``total_steps``.
+
+        Each EMA update keeps ``momentum`` of the target, so the initialization survives as the
+        product of the momenta. I-JEPA's 0.996 -> 1.0 was set for ~10^5 steps, where this is 0;
+        over a few hundred steps it leaves most of the target encoder, the one evaluated and
+        exported, at its random initialization.
+        """
+        return math.exp(sum(math.log(self.ema(step)) for step in range(self.total_steps)))
+
     def apply(self, optimizer: torch.optim.Optimizer, step: int) -> tuple[float, float]:
         """Set lr on every group and weight decay on the ``apply_wd`` groups; returns (lr, wd)."""
         lr, wd = self.lr(step), self.wd(step)

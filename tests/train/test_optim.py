@@ -120,3 +120,19 @@ def test_ema_update_on_module_parameters():
     assert all(torch.equal(x, y) for x, y in zip(before, a.parameters()))
     ema_update(a.parameters(), b.parameters(), 0.0)  # momentum 0 = copy of online
     assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+
+
+def test_target_init_share_is_what_the_ema_updates_leave_of_the_initial_weights():
+    cfg = OptimConfig(ema=(0.98, 1.0))
+    s = Schedules(cfg, steps_per_epoch=10, total_steps=60)
+    target, online = [torch.ones(1, dtype=torch.float64)], [torch.zeros(1, dtype=torch.float64)]
+    for step in range(60):  # the loop's update order: one update per optimizer step
+        ema_update(target, online, s.ema(step))
+    assert s.target_init_share() == pytest.approx(target[0].item(), rel=1e-9)
+
+
+def test_ijepa_ema_over_a_short_run_leaves_the_target_encoder_mostly_initial():
+    ijepa = OptimConfig()  # 0.996 -> 1.0, set for ~10^5 steps
+    assert Schedules(ijepa, 10, 300).target_init_share() > 0.5
+    assert Schedules(ijepa, 10, 100_000).target_init_share() < 1e-6
+    assert Schedules(OptimConfig(ema=(0.98, 1.0)), 10, 300).target_init_share() < 0.1
