@@ -18,6 +18,7 @@ shuffled-caption encoders of the same seeds are reused rather than trained again
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 import sys
@@ -25,12 +26,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
-from evals.demo import (REPO, TASK_RECORDS, DemoPlan, ensure_scenes, eval_runs_dir, evaluate, log, pretrain,
-                        run_directories, text_caches, train_config)
+from evals.demo import (REPO, TASK_RECORDS, DemoPlan, config_differences, ensure_scenes, eval_runs_dir, evaluate,
+                        log, pretrain, run_directories, text_caches, train_config)
 from evals.demo_report import SHUFFLED, joined, per_seed_metrics, provenance, seed_stats, seed_verdict
 
 FULL = "TC-JEPA"
-SCENES_STAMP = "scenes.json"  # the scene plan that eval records (and published results) were made on
+# What eval records and published results were made with; results of another study never mix in.
+SCENES_STAMP = "scenes.json"  # the scene plan
+PRETRAINING_STAMP = "pretraining.json"  # the TC-JEPA settings every variant adds its overrides to
+_NOT_LEARNED = ("data.root", "data.text_cache", "train.out_dir", "train.seed")  # where, and which seed
 # name -> overrides of the CPU TC-JEPA config; FULL, I-JEPA and SHUFFLED are built specially.
 VARIANTS: dict[str, list[str]] = {
     FULL: [],
@@ -71,11 +75,15 @@ def run_ablations(plan: DemoPlan, variants: list[str], data: Path, work: Path, o
     if report_only:
         if not runs.exists():
             raise SystemExit(f"{runs}: no eval records to report; run the study first")
+        unstamped = [name for name in (SCENES_STAMP, PRETRAINING_STAMP) if not (runs / name).exists()]
+        if unstamped:
+            raise SystemExit(f"{runs}: no {' or '.join(unstamped)}, so what these records were made with is "
+                             "unknown; run the study without --report-only to evaluate them again")
         return write_ablation_report(runs, out, command, seeds_in_command=True)
     ensure_scenes(data, plan)
     cache, shuffled_cache = text_caches(data, work, plan, SHUFFLED in variants)
-    forget_records_of_other_scenes(runs, data)
-    published_rows(out, runs)  # results of other scenes in --out fail now, not after hours of training
+    forget_records_of_another_study(runs, data, plan)
+    published_rows(out, runs)  # results of another study in --out fail now, not after hours of training
     for seed in plan.seeds:
         for name in variants:
             if evaluated(runs / f"seed{seed}", name, plan):
@@ -87,16 +95,43 @@ def run_ablations(plan: DemoPlan, variants: list[str], data: Path, work: Path, o
     return write_ablation_report(runs, out, command)
 
 
-def forget_records_of_other_scenes(runs: Path, data: Path) -> None:
-    """An interrupted study resumes from its eval records, but only on the scenes they were made
-    on: records of another scene set (e.g. fewer held-out scenes) are deleted, not mixed in."""
-    scenes = (data / "demo_plan.json").read_text()
-    stamp = runs / SCENES_STAMP
-    if runs.exists() and (not stamp.exists() or stamp.read_text() != scenes):
-        log(f"{runs}: eval records of other scenes; evaluating again")
-        shutil.rmtree(runs)
-    runs.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(scenes)
+def pretraining_settings(plan: DemoPlan, data: Path) -> dict:
+    """The study's base TC-JEPA config, less where it reads and writes and which seed."""
+    settings = train_config(FULL, data, Path("run"), plan, 0, None).to_dict()
+    for dotted in _NOT_LEARNED:
+        section, key = dotted.split(".")
+        settings[section].pop(key, None)
+    return settings
+
+
+def study_differences(folder: Path, scenes: str, settings: dict) -> list[str]:
+    """Why results in ``folder`` were not made by this study (scene plan, pretraining settings);
+    empty when they were."""
+    stamps = {name: folder / name for name in (SCENES_STAMP, PRETRAINING_STAMP)}
+    missing = [f"no {name}" for name, path in stamps.items() if not path.exists()]
+    if missing:
+        return missing
+    differences = [] if stamps[SCENES_STAMP].read_text() == scenes else [f"other scenes ({SCENES_STAMP} differs)"]
+    return differences + config_differences(json.loads(stamps[PRETRAINING_STAMP].read_text()), settings)
+
+
+def write_study_stamps(folder: Path, scenes: str, settings: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / SCENES_STAMP).write_text(scenes)
+    (folder / PRETRAINING_STAMP).write_text(json.dumps(settings, indent=1, sort_keys=True) + "\n")
+
+
+def forget_records_of_another_study(runs: Path, data: Path, plan: DemoPlan) -> None:
+    """An interrupted study resumes from its eval records, but only if they were made on the same
+    scenes with the same pretraining settings: other records (fewer held-out scenes, another EMA)
+    are deleted, not mixed in."""
+    scenes, settings = (data / "demo_plan.json").read_text(), pretraining_settings(plan, data)
+    if runs.exists():
+        differences = study_differences(runs, scenes, settings)
+        if differences:
+            log(f"{runs}: eval records of another study ({'; '.join(differences)}); evaluating again")
+            shutil.rmtree(runs)
+    write_study_stamps(runs, scenes, settings)
 
 
 def evaluated(runs: Path, method: str, plan: DemoPlan) -> bool:
@@ -147,7 +182,8 @@ def write_ablation_report(runs: Path, out: Path, command: str, seeds_in_command:
                    *[(name, FULL) for name in variants if name not in (FULL, "I-JEPA", SHUFFLED)]]
     verdict = seed_verdict(per_seed, comparisons)
     verdict.assign(**provenance(per_seed, joined(per_seed.command))).to_csv(out / "verdict.csv", index=False)
-    shutil.copyfile(runs / SCENES_STAMP, out / SCENES_STAMP)
+    for stamp in (SCENES_STAMP, PRETRAINING_STAMP):
+        shutil.copyfile(runs / stamp, out / stamp)
 
     # Means over the seeds every variant has: a reference with extra seeds would otherwise sit
     # apart from variants measured on fewer (seed effects move all methods together).
@@ -186,17 +222,18 @@ def write_ablation_report(runs: Path, out: Path, command: str, seeds_in_command:
 
 def published_rows(out: Path, runs: Path) -> dict:
     """Rows an earlier study published in ``out`` (per_seed / monitors CSVs), e.g. seeds run on
-    another machine whose records are gone. They count only if made on the same scenes."""
+    another machine whose records are gone. They count only if made on the same scenes with the
+    same pretraining settings."""
     import pandas as pd
 
     tables = {name: out / f"{name}.csv" for name in ("per_seed", "monitors") if (out / f"{name}.csv").exists()}
     if not tables:
         return {}
-    stamp = out / SCENES_STAMP
-    if not stamp.exists() or stamp.read_text() != (runs / SCENES_STAMP).read_text():
-        raise SystemExit(f"{out}: holds results made on other scenes than {runs} (its {SCENES_STAMP} "
-                         f"{'is missing' if not stamp.exists() else 'differs'}); pass another --out, or "
-                         f"delete {out} to start the study afresh")
+    differences = study_differences(out, (runs / SCENES_STAMP).read_text(),
+                                    json.loads((runs / PRETRAINING_STAMP).read_text()))
+    if differences:
+        raise SystemExit(f"{out}: holds results of another study than {runs} ({'; '.join(differences)}); "
+                         f"pass another --out, or the --set that study used, or delete {out} to start afresh")
     return {name: pd.read_csv(csv) for name, csv in tables.items()}
 
 
@@ -275,11 +312,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--work", type=Path, default=REPO / "runs/demo",
                    help="runs folder, shared with the demo to reuse its encoders (default: runs/demo)")
     p.add_argument("--out", type=Path, default=REPO / "results/ablations", help="default: results/ablations")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for every variant, e.g. --set optim.ema=[0.996,1.0] (the published "
+                        "study's EMA; repeatable)")
     p.add_argument("--report-only", action="store_true",
                    help="rewrite the CSVs and plot from the eval records already made (every seed found) and "
                         "the rows already published in --out, training nothing")
     args = p.parse_args(argv)
-    plan = DemoPlan(seeds=args.seeds, tasks=["linear", "ade20k"])
+    plan = DemoPlan(seeds=args.seeds, tasks=["linear", "ade20k"], config_overrides=args.overrides)
     if args.steps:
         plan.train_steps = args.steps
     argv = argv if argv is not None else sys.argv[1:]

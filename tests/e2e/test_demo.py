@@ -1,4 +1,5 @@
 """The whole pipeline through the demo's entry point, on tiny data and models."""
+import json
 import math
 from dataclasses import replace
 
@@ -99,9 +100,17 @@ def test_ablation_study_trains_variants_and_reuses_demo_encoders(tmp_path):
                   report_only=True)
     assert set(pd.read_csv(tmp_path / "abl" / "ablations.csv").method) == set(variants)
     assert len(pd.read_csv(tmp_path / "abl" / "per_seed.csv")) == len(merged)
-    # ... but only if they were made on the same scenes.
+    # ... but only if they were made on the same scenes, with the same pretraining settings.
+    stamps = {name: (tmp_path / "abl" / name).read_text() for name in ("scenes.json", "pretraining.json")}
     (tmp_path / "abl" / "scenes.json").write_text("{}")
     with pytest.raises(SystemExit, match="other scenes"):
+        run_ablations(plan, variants, tmp_path / "scenes", tmp_path / "runs", tmp_path / "abl", command="pytest",
+                      report_only=True)
+    (tmp_path / "abl" / "scenes.json").write_text(stamps["scenes.json"])
+    settings = json.loads(stamps["pretraining.json"])
+    settings["optim"]["ema"] = [0.5, 1.0]
+    (tmp_path / "abl" / "pretraining.json").write_text(json.dumps(settings))
+    with pytest.raises(SystemExit, match=r"another study .*optim\.ema: \[0\.5, 1\.0\] -> "):
         run_ablations(plan, variants, tmp_path / "scenes", tmp_path / "runs", tmp_path / "abl", command="pytest",
                       report_only=True)
 
@@ -153,17 +162,22 @@ def test_demo_refuses_to_reuse_an_encoder_trained_with_other_settings(tmp_path):
                                         replace(plan, train_steps=1000), 0, None))
 
 
-def test_ablation_records_of_other_scenes_are_not_resumed(tmp_path):
-    from evals.ablations import forget_records_of_other_scenes
+def test_ablation_records_of_another_study_are_not_resumed(tmp_path):
+    from evals.ablations import forget_records_of_another_study
 
     data, runs = tmp_path / "scenes", tmp_path / "eval_runs"
     data.mkdir()
     (data / "demo_plan.json").write_text('{"val_images": 500}')
-    forget_records_of_other_scenes(runs, data)
+    forget_records_of_another_study(runs, data, TINY)
     (runs / "seed0").mkdir()
     (runs / "seed0" / "record.json").write_text("{}")
-    forget_records_of_other_scenes(runs, data)  # same scenes: the records stay
+    forget_records_of_another_study(runs, data, TINY)  # same study: the records stay
     assert (runs / "seed0" / "record.json").exists()
     (data / "demo_plan.json").write_text('{"val_images": 2000}')
-    forget_records_of_other_scenes(runs, data)
+    forget_records_of_another_study(runs, data, TINY)
     assert not (runs / "seed0").exists() and (runs / "scenes.json").read_text() == '{"val_images": 2000}'
+    (runs / "seed0").mkdir()
+    other_ema = replace(TINY, config_overrides=[*TINY.config_overrides, "optim.ema=[0.996,1.0]"])
+    forget_records_of_another_study(runs, data, other_ema)  # same scenes, another EMA: gone too
+    assert not (runs / "seed0").exists()
+    assert json.loads((runs / "pretraining.json").read_text())["optim"]["ema"] == [0.996, 1.0]
