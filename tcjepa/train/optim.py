@@ -165,7 +165,7 @@ class Schedules:
         over a few hundred steps it leaves most of the target encoder, the one evaluated and
         exported, at its random initialization.
         """
-        return math.exp(sum(math.log(self.ema(step)) for step in range(self.total_steps)))
+        return math.prod(self.ema(step) for step in range(self.total_steps))
 
     def apply(self, optimizer: torch.optim.Optimizer, step: int) -> tuple[float, float]:
         """Set lr on every group and weight decay on the ``apply_wd`` groups; returns (lr, wd)."""

@@ -136,3 +136,4 @@ def test_ijepa_ema_over_a_short_run_leaves_the_target_encoder_mostly_initial():
     assert Schedules(ijepa, 10, 300).target_init_share() > 0.5
     assert Schedules(ijepa, 10, 100_000).target_init_share() < 1e-6
     assert Schedules(OptimConfig(ema=(0.98, 1.0)), 10, 300).target_init_share() < 0.1
+    assert Schedules(OptimConfig(ema=(0.0, 0.0)), 10, 5).target_init_share() == 0.0  # a copy each step
