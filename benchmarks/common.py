@@ -32,6 +32,9 @@ def git_commit() -> dict[str, Any]:
             return ""
     commit = run("rev-parse", "HEAD")
     dirty = bool(run("status", "--porcelain", "--untracked-files=no")) if commit else None
+    if not commit and os.environ.get("TCJEPA_COMMIT"):
+        # A copy of the tree without .git (a remote GPU machine): the launcher names the commit.
+        return {"commit": os.environ["TCJEPA_COMMIT"], "dirty": os.environ.get("TCJEPA_DIRTY") == "1"}
     return {"commit": commit or "unknown", "dirty": dirty}
 
 

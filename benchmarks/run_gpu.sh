@@ -1,22 +1,56 @@
 #!/usr/bin/env bash
-# Every GPU measurement of issue 7 in one command (one GPU, ~15-25 min in all):
-#   bash benchmarks/run_gpu.sh [out_dir]            (default results/bench)
-# Each line is also a command of its own; they write separate JSON + CSV files (--tag), so
+# Every GPU measurement of issue 7 in one command, inside a time budget (default 530 s):
+#   bash benchmarks/run_gpu.sh [out_dir]               (default results/bench)
+#   BUDGET_S=1500 FILL=1 bash benchmarks/run_gpu.sh    (a longer lease: adds the fill-the-GPU batches)
+# Stages run most important first; each gets min(its cap, what is left of the budget) and a
+# stage cut short or failing does not stop the next. Each writes its own JSON + CSV (--tag), so
 # a run cut short keeps what it finished. Ratios compare variants within one command only.
-set -euo pipefail
+# FLOPs per image come from the exact meta-device counts in results/bench (--flops-from), so
+# the GPU's time goes to timing; the counts do not depend on the device.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-results/bench}
 PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}
-"$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name())"
+BUDGET_S=${BUDGET_S:-530}
+mkdir -p "$OUT"
+end=$((SECONDS + BUDGET_S))
+FLOPS="--flops-from results/bench/train_step_flops.json"
 
-# 1. Same batch for every variant (SPEC section 9's batches: B/16 128, L/16 128, H/14 64): ratios.
-"$PY" -m benchmarks.train_step --device cuda --models vit_base,vit_large,vit_huge --out "$OUT" --tag same_batch
-# 2. Largest batch per variant that fits in 90% of the GPU (img/s at full occupancy; gives GiB/img).
-"$PY" -m benchmarks.train_step --device cuda --models vit_base,vit_large,vit_huge --batch-size fill --out "$OUT" --tag fill
-# 3. torch.compile (eager fallback is recorded as compile=false + compile_error).
-"$PY" -m benchmarks.train_step --device cuda --models vit_base,vit_large --variants ijepa,tc_n8_xattn --compile --out "$OUT" --tag compile
-# 4. Activation checkpointing (as configs/pretrain/*_h14_* use it), ViT-H/14.
-"$PY" -m benchmarks.train_step --device cuda --models vit_huge --variants ijepa,tc_n8_xattn --activation-checkpointing --out "$OUT" --tag actckpt
-# 5. Numerics on the GPU: bf16 vs fp32 over 300 steps, compiled vs eager.
-"$PY" -m benchmarks.numerics --device cuda --model vit_small --steps 300 --out "$OUT"
-echo "done: $OUT"
+stage() {  # stage NAME CAP_S COMMAND...
+  local name=$1 cap=$2; shift 2
+  local left=$((end - SECONDS)); local t=$(( cap < left ? cap : left ))
+  if (( t < 15 )); then echo "== $name: skipped, budget spent"; return; fi
+  echo "== $name (up to ${t}s): $*"
+  local t0=$SECONDS
+  timeout --signal=INT --kill-after=10 "$t" "$@"
+  local rc=$?
+  echo "== $name: rc=$rc in $((SECONDS - t0))s"
+  [[ -n "${AFTER_STAGE:-}" ]] && eval "$AFTER_STAGE"
+  return 0
+}
+
+"$PY" -c "import torch, timm; assert torch.cuda.is_available(), 'no CUDA device'; p = torch.cuda.get_device_properties(0); print(torch.cuda.get_device_name(), f'{p.total_memory / 2**30:.1f} GiB', 'torch', torch.__version__, 'cuda', torch.version.cuda, 'timm', timm.__version__)" || exit 1
+nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=csv 2>/dev/null || true
+
+# 1. ViT-L/16 at batch 128 (the targets' model), every variant, with a kernel-category profile.
+stage large 110 "$PY" -m benchmarks.train_step --device cuda --models vit_large $FLOPS --profile 3 --out "$OUT" --tag large
+# 2. ViT-H/14 at batch 64, then with activation checkpointing (as configs/pretrain/*_h14_* train).
+stage huge 80 "$PY" -m benchmarks.train_step --device cuda --models vit_huge --variants ijepa,tc_n1_xattn,tc_n8_xattn,tc_n8_block $FLOPS --out "$OUT" --tag huge
+stage huge_actckpt 50 "$PY" -m benchmarks.train_step --device cuda --models vit_huge --variants ijepa,tc_n8_xattn --activation-checkpointing --flops-from results/bench/train_step_flops_actckpt.json --out "$OUT" --tag huge_actckpt
+# 3. ViT-B/16 at batch 128.
+stage base 60 "$PY" -m benchmarks.train_step --device cuda --models vit_base $FLOPS --out "$OUT" --tag base
+# 4. FSDP2 (train.distributed=fsdp) on one GPU under torchrun: its cost against stage 1.
+stage fsdp 50 "$PY" -m torch.distributed.run --standalone --nproc_per_node 1 -m benchmarks.train_step --device cuda --models vit_large --variants ijepa,tc_n8_xattn --fsdp $FLOPS --out "$OUT" --tag fsdp
+# 5. torch.compile, same model and batch as stage 1 (an eager fallback is recorded as compile=false).
+#    One collated batch (--pool 1): one shape, one compilation, so the lease pays for no recompiles;
+#    one stage per variant, so a slow compilation of the second keeps the first's numbers.
+for v in ijepa tc_n8_xattn; do
+  stage "compile_$v" 110 "$PY" -m benchmarks.train_step --device cuda --models vit_large --variants $v --compile --pool 1 $FLOPS --out "$OUT" --tag "compile_$v"
+done
+# 6. Numerics: bf16 vs fp32 loss curves, compiled vs eager, small model.
+stage numerics 120 "$PY" -m benchmarks.numerics --device cuda --model vit_small --steps 200 --out "$OUT"
+# 7. Longer leases: the largest batch per variant that fits in 90% of the GPU.
+if [[ "${FILL:-0}" == 1 ]]; then
+  stage fill 600 "$PY" -m benchmarks.train_step --device cuda --models vit_large,vit_huge --variants ijepa,tc_n8_xattn --batch-size fill --out "$OUT" --tag fill
+fi
+echo "done: $OUT ($SECONDS s)"

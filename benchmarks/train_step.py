@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import logging
 import math
+import os
 import resource
 import statistics
 import sys
@@ -39,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
+import torch.distributed as dist
 from torch.utils.flop_counter import FlopCounterMode
 
 from tcjepa.config import Config, load_config
@@ -46,10 +49,12 @@ from tcjepa.data.masks import MultiBlockMaskCollator
 from tcjepa.models import vit as vit_module
 from tcjepa.models.jepa import JEPA
 from tcjepa.models.vit import count_parameters
+from tcjepa.train.distributed import shard_fsdp2
 from tcjepa.train.loop import model_inputs, to_device
 from tcjepa.train.optim import Schedules, build_optimizer, build_param_groups
 
 from .common import format_table, metadata, peak_tflops, write_results
+from .profiling import profile_steps, write_profile
 
 log = logging.getLogger("benchmarks.train_step")
 
@@ -197,16 +202,31 @@ class Harness:
         return out["loss"].detach()
 
 
-def build_harness(cfg: Config, device: torch.device, compile_model: bool, seed: int) -> Harness:
+def ensure_process_group(device: torch.device) -> None:
+    """A process group for FSDP2: torchrun's, or a group of one made here (nccl / gloo)."""
+    if dist.is_initialized():
+        return
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29517")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                            rank=int(os.environ.get("RANK", "0")), world_size=int(os.environ.get("WORLD_SIZE", "1")))
+
+
+def build_harness(cfg: Config, device: torch.device, compile_model: bool, seed: int, fsdp: bool = False) -> Harness:
     torch.manual_seed(seed)
     model = JEPA(cfg).to(device)
     model.train()
     if cfg.train.activation_checkpointing:
         model.encoder.set_grad_checkpointing(True)
         model.target_encoder.set_grad_checkpointing(False)
+    use_bf16 = cfg.train.precision == "bf16" and device.type in ("cuda", "cpu")
+    if fsdp:  # as the loop wraps it (train.distributed=fsdp); the optimizer must see the shards
+        ensure_process_group(device)
+        shard_fsdp2(model, torch.bfloat16 if use_bf16 and device.type == "cuda" else None)
     optimizer = build_optimizer(build_param_groups(model.encoder, model.predictor), cfg.optim, device)
     schedules = Schedules(cfg.optim, steps_per_epoch=1000, total_steps=100_000)
-    use_bf16 = cfg.train.precision == "bf16" and device.type in ("cuda", "cpu")
     fwd = torch.compile(model) if compile_model else model
     return Harness(cfg, model, fwd, optimizer, schedules, device, use_bf16)
 
@@ -296,7 +316,7 @@ def run_variant(model_name: str, spec: dict[str, Any], variant: str, batch: int,
     row: dict[str, Any] = {"model": model_name, "variant": variant, "captions": v["captions"] or None,
                            "pool_point": v["pool_point"], "batch": batch, "words": args.words if v["text"] else None,
                            "precision": cfg.train.precision, "compile": args.compile,
-                           "act_ckpt": args.activation_checkpointing, "status": "ok"}
+                           "act_ckpt": args.activation_checkpointing, "fsdp": args.fsdp, "status": "ok"}
     h = pool = None
     if args.flops_only:  # no device work: FLOPs of the real shapes on the meta device
         grid = (cfg.data.image_size // cfg.model.patch_size,) * 2
@@ -304,7 +324,7 @@ def run_variant(model_name: str, spec: dict[str, Any], variant: str, batch: int,
         row.update(pstats, status="flops only", gflop_per_img=count_flops(cfg, pool, args.activation_checkpointing) / batch / 1e9)
         return row
     try:
-        h = build_harness(cfg, device, args.compile, args.seed)
+        h = build_harness(cfg, device, args.compile, args.seed, fsdp=args.fsdp)
         row["params_m"] = count_parameters(h.model.encoder) / 1e6
         row["trainable_m"] = sum(p.numel() for g in h.optimizer.param_groups for p in g["params"]) / 1e6
         pool, pstats = make_pool(cfg, h.model.grid_size, batch, args.pool, args.seed, pin=device.type == "cuda")
@@ -317,10 +337,15 @@ def run_variant(model_name: str, spec: dict[str, Any], variant: str, batch: int,
             row["host_syncs"] = count_host_syncs(h, pool[0])
         if not math.isfinite(row["loss"]):
             row["status"] = "non-finite loss"
-        if not args.no_flops:
-            flops = count_flops(cfg, pool, args.activation_checkpointing)
-            row["gflop_per_img"] = flops / batch / 1e9
-            row["tflops"] = flops * row["img_per_s"] / batch / 1e12
+        if args.profile and count_syncs:
+            row["profile"], row["profile_top"] = profile_steps(lambda i: h.step(pool[i % len(pool)]), args.profile, device)
+        known = args.known_flops.get((model_name, variant, batch, args.activation_checkpointing))
+        if known is not None:
+            row["gflop_per_img"], row["flops_source"] = known, "--flops-from"
+        elif not args.no_flops:
+            row["gflop_per_img"] = count_flops(cfg, pool, args.activation_checkpointing) / batch / 1e9
+        if row.get("gflop_per_img"):
+            row["tflops"] = row["gflop_per_img"] * row["img_per_s"] / 1e3
             peak = peak_tflops(device, args.peak_tflops)
             row["mfu"] = row["tflops"] / peak if peak else None
     except torch.OutOfMemoryError:
@@ -420,6 +445,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--peak-tflops", type=float, default=None, help="peak for MFU (default: table by device name)")
     p.add_argument("--no-flops", action="store_true", help="skip the FLOP count (and MFU)")
     p.add_argument("--flops-only", action="store_true", help="only count FLOPs per image (meta device, no timing)")
+    p.add_argument("--flops-from", default=None,
+                   help="JSON of an earlier --flops-only run: take GFLOP/img from it for rows of the same model, "
+                        "variant, batch and checkpointing (the count is exact and device independent) instead of "
+                        "counting again")
+    p.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                   help="after timing, profile STEPS more steps per variant: time per kernel category "
+                        "(printed, and written as <stem>_profile.csv + one top-kernel .txt per variant)")
+    p.add_argument("--fsdp", action="store_true",
+                   help="shard with FSDP2 as train.distributed=fsdp does (under torchrun, or a process group "
+                        "of one made here): measures FSDP2's own cost on one GPU")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (--tiny on cpu: 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="results/bench", help="folder for JSON + CSV ('' = do not write)")
@@ -440,7 +475,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.precision = args.precision or ("bf16" if args.device.startswith("cuda") else "fp32")
     args.steps = args.steps or (5 if tiny else 20)
     args.warmup = args.warmup if args.warmup is not None else (2 if tiny else 5) + (3 if args.compile else 0)
+    args.known_flops = load_known_flops(args.flops_from) if args.flops_from else {}
     return args
+
+
+def load_known_flops(path: str) -> dict[tuple[str, str, int, bool], float]:
+    try:
+        rows = json.loads(open(path).read())["rows"]
+        return {(r["model"], r["variant"], int(r["batch"]), bool(r["act_ckpt"])): float(r["gflop_per_img"])
+                for r in rows if r.get("gflop_per_img")}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"--flops-from {path}: not a benchmarks.train_step JSON with gflop_per_img rows ({e})")
 
 
 def main(argv=None) -> dict[str, Any]:
@@ -468,7 +513,7 @@ def main(argv=None) -> dict[str, Any]:
     ratios = add_ratios(rows)
     meta = metadata(device, sys.argv if argv is None else ["benchmarks.train_step", *argv])
     meta["peak_tflops"] = peak_tflops(device, args.peak_tflops)
-    meta["settings"] = {k: v for k, v in vars(args).items() if k not in ("out", "tag")}
+    meta["settings"] = {k: v for k, v in vars(args).items() if k not in ("out", "tag", "known_flops")}
     print(f"\n{meta['device']} | torch {meta['torch']} | commit {meta['commit'][:10]}{' (dirty)' if meta['dirty'] else ''}"
           f" | {args.precision} | S={args.words} d_t={args.text_dim} | {args.steps} timed steps after {args.warmup} warm-up")
     print(format_table(rows, COLUMNS))
@@ -477,11 +522,26 @@ def main(argv=None) -> dict[str, Any]:
         print(format_table(ratios, [("model", "model", ""), ("ratio", "ratio", ""), ("value", "value", ".2f")]))
     if device.type == "cpu":
         print("(CPU: 'peak GiB' is the process's max resident memory so far, not per variant)")
+    profiles = [{"model": r["model"], "variant": r["variant"], "batch": r["batch"], **g}
+                for r in rows for g in r.pop("profile", [])]
+    tops = {(r["model"], r["variant"]): r.pop("profile_top") for r in rows if "profile_top" in r}
+    if profiles:
+        print(f"\nprofile ({args.profile} steps per variant; {'CUDA kernels' if device.type == 'cuda' else 'aten ops'}, self time)")
+        print(format_table(profiles, [("model", "model", ""), ("variant", "variant", ""), ("category", "category", ""),
+                                      ("ms_per_step", "ms/step", ".2f"), ("share", "share", ".1%"),
+                                      ("calls_per_step", "calls/step", ".0f")]))
     if args.out:
         kind = "flops" if args.flops_only else device.type
         stem = f"train_step_{'tiny_' if args.tiny else ''}{kind}{'_' + args.tag if args.tag else ''}"
         j, c = write_results(args.out, stem, meta, rows, {"ratios": ratios})
         print(f"wrote {j} and {c}")
+        if profiles:
+            _, pc = write_results(args.out, f"{stem}_profile", meta, profiles)
+            for (m, v), top in tops.items():
+                write_profile(args.out, f"{stem}_profile_{m}_{v}", top)
+            print(f"wrote {pc} and {len(tops)} top-kernel lists")
+    if args.fsdp and dist.is_initialized():
+        dist.destroy_process_group()
     return {"meta": meta, "rows": rows, "ratios": ratios}
 
 

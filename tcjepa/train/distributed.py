@@ -149,12 +149,19 @@ def wrap_model(
         ids = [device.index] if device.type == "cuda" else None
         return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=find_unused_parameters)
     if mode == "fsdp":
-        mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype else None)
-        for block in transformer_blocks(module):
-            fully_shard(block, mp_policy=mp)
-        fully_shard(module, mp_policy=mp)
-        return module
+        return shard_fsdp2(module, param_dtype)
     raise ValueError(f"train.distributed={mode!r}: expected none, ddp or fsdp")
+
+
+def shard_fsdp2(module: nn.Module, param_dtype: Optional[torch.dtype] = None) -> nn.Module:
+    """FSDP2 ``fully_shard`` on each transformer block, then on the root, in place. Needs a
+    process group; with a group of one (``benchmarks.train_step --fsdp``) nothing is split but
+    every FSDP2 hook, all-gather and reduce-scatter still runs."""
+    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype else None)
+    for block in transformer_blocks(module):
+        fully_shard(block, mp_policy=mp)
+    fully_shard(module, mp_policy=mp)
+    return module
 
 
 def unwrap(module: nn.Module) -> nn.Module:
