@@ -30,11 +30,12 @@ def git_commit() -> dict[str, Any]:
             return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
+    if os.environ.get("TCJEPA_COMMIT"):
+        # A copy of a committed tree whose .git is missing or stale (a remote GPU machine):
+        # the launcher names the commit.
+        return {"commit": os.environ["TCJEPA_COMMIT"], "dirty": os.environ.get("TCJEPA_DIRTY") == "1"}
     commit = run("rev-parse", "HEAD")
     dirty = bool(run("status", "--porcelain", "--untracked-files=no")) if commit else None
-    if not commit and os.environ.get("TCJEPA_COMMIT"):
-        # A copy of the tree without .git (a remote GPU machine): the launcher names the commit.
-        return {"commit": os.environ["TCJEPA_COMMIT"], "dirty": os.environ.get("TCJEPA_DIRTY") == "1"}
     return {"commit": commit or "unknown", "dirty": dirty}
 
 

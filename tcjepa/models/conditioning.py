@@ -11,6 +11,7 @@ import math
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -24,14 +25,17 @@ class TextCrossAttention(nn.Module):
     """Single-head cross-attention from predictor tokens to the words of each caption.
 
     Every caption is attended independently: the N captions act as N "heads" sharing
-    W_Q, W_K, W_V, W_O. The logits of all captions come from one (Q x D) @ (D x N*S) product,
-    which also gives the patch-word cosines of the regularizers (the same dot products over
-    the norms), so they cost no second product. W_O is applied to the values, not to the
-    attention output: attention rows sum to 1, so P (V W_O^T + b) = (P V) W_O^T + b exactly,
-    and the projection runs on N*S word rows instead of N*Q token rows (S is tens of words,
-    Q hundreds of predictor tokens). With S that small, explicit matmuls beat the fused
-    attention kernel on CPU (measured; docs/PERFORMANCE.md), whose backward is tuned for long
-    key sequences; the GPU comparison is still to be measured.
+    W_Q, W_K, W_V, W_O. The logits of all captions come from one (N*S x D) @ (D x Q) product,
+    laid out words-major, (B, N, S, Q): the softmax runs over S, and both the attention output
+    P^T V and the regularizers read that layout as transposed views, so no (B, N, Q, S)
+    tensor is ever copied into another layout (docs/PERFORMANCE.md has the GPU profile).
+    The patch-word cosines are a second product of the unit-normalised q and k: it adds
+    1.6 % to a ViT-L/16 N=8 step's FLOPs and replaces broadcast divisions by the norms, whose
+    float32 temporaries and backward (a reduction over the whole map) cost more on a GPU. W_O is applied to the values, not to the attention
+    output: attention rows sum to 1, so P (V W_O^T + b) = (P V) W_O^T + b exactly, and the
+    projection runs on N*S word rows instead of N*Q token rows (S is tens of words, Q hundreds
+    of predictor tokens). With S that small, explicit matmuls beat the fused attention kernel
+    on CPU (measured; docs/PERFORMANCE.md), whose backward is tuned for long key sequences.
     """
 
     def __init__(self, dim: int, text_dim: int, scale: bool = True):
@@ -52,19 +56,18 @@ class TextCrossAttention(nn.Module):
         B, Q, D = h.shape
         N, S = text.shape[1], text.shape[2]
         q = self.q(h)
-        k = self.k(text)
-        v = self.proj(self.v(text))
-        dots = torch.bmm(q, k.reshape(B, N * S, D).transpose(1, 2)).view(B, Q, N, S)
-        pad = ~word_mask[:, None]  # (B, 1, N, S)
-        probs = (dots * self.scale).masked_fill(pad, float("-inf")).softmax(-1)
-        out = probs.transpose(1, 2) @ v  # (B, N, Q, S) @ (B, N, S, D)
+        k = self.k(text).reshape(B, N * S, D)
+        v = self.proj(self.v(text))  # (B, N, S, D)
+        dots = torch.bmm(k, q.transpose(1, 2)).view(B, N, S, Q)
+        pad = ~word_mask[..., None]  # (B, N, S, 1)
+        probs = (dots * self.scale).masked_fill(pad, float("-inf")).softmax(2)  # over the words
+        out = probs.transpose(2, 3) @ v  # (B, N, Q, S) @ (B, N, S, D): a transposed operand, no copy
         cosines = None
         if return_cosines:
-            norms = q.norm(dim=-1).clamp_min(1e-12)[:, :, None, None] * k.norm(dim=-1).clamp_min(1e-12)[:, None]
-            # In the dot products' dtype (bf16 under autocast), as the maps were before; masked_fill
-            # then relu: autograd keeps only relu's output per layer.
-            cosines = (dots / norms).to(dots.dtype).masked_fill(pad, 0).relu().transpose(1, 2)
-        return out, probs.transpose(1, 2) if return_attention else None, cosines
+            unit = torch.bmm(F.normalize(k, dim=-1), F.normalize(q, dim=-1).transpose(1, 2)).view(B, N, S, Q)
+            # masked_fill then relu: autograd keeps only relu's output per layer.
+            cosines = unit.masked_fill(pad, 0).relu().transpose(2, 3)
+        return out, probs.transpose(2, 3) if return_attention else None, cosines
 
 
 class CaptionPool(nn.Module):
@@ -80,7 +83,10 @@ class CaptionPool(nn.Module):
 
     def forward(self, r: torch.Tensor) -> torch.Tensor:
         if self.kind == "max":
-            return r.amax(dim=1)
+            # max, not amax: its backward scatters into one caption per element, where amax's
+            # compares, counts and divides over the whole (B, N, ..., D) input (ties, which
+            # only repeated captions make, get the same parameter gradient either way).
+            return r.max(dim=1).values
         if self.kind == "mean":
             return r.mean(dim=1)
         weights = (r @ self.query / math.sqrt(r.shape[-1])).softmax(dim=1)
