@@ -35,7 +35,8 @@ def git_commit() -> dict[str, Any]:
         # the launcher names the commit.
         return {"commit": os.environ["TCJEPA_COMMIT"], "dirty": os.environ.get("TCJEPA_DIRTY") == "1"}
     commit = run("rev-parse", "HEAD")
-    dirty = bool(run("status", "--porcelain", "--untracked-files=no")) if commit else None
+    # Code only: results being rewritten by this very run do not make the tree dirty.
+    dirty = bool(run("status", "--porcelain", "--untracked-files=no", "--", ".", ":!results")) if commit else None
     return {"commit": commit or "unknown", "dirty": dirty}
 
 
