@@ -77,34 +77,36 @@ class PredictorBlock(nn.Module):
         num_blocks: int,
         attn_mask: Optional[torch.Tensor] = None,
         text: Optional[TextInput] = None,
-        out: Optional[PredictorOutput] = None,
+        return_cosines: bool = True,
         return_attention: bool = False,
-    ) -> torch.Tensor:
-        """x (B*M, T, D) -> (B*M, T, D). ``text`` None means this layer is not conditioned."""
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """x (B*M, T, D) -> (x, cosines, attention): the new (B*M, T, D) tokens and, for a
+        text cross-attention layer, the (B, N, Q, S) patch-word cosines and attention if asked
+        (else None). ``text`` None means this layer is not conditioned.
+
+        The maps are returned, not appended to a caller's list: FSDP2 rebuilds a block's
+        arguments when they hold tensors that need gradients, so an accumulator passed in
+        would collect only the first layer's map."""
         if text is None or self.conditioning is None:
             x = x + self.attn(self.norm1(x), attn_mask=attn_mask)
-            return x + self.mlp(self.norm2(x))
+            return x + self.mlp(self.norm2(x)), None, None
         if self.conditioning == "adaln":
-            return self._forward_adaln(x, num_blocks, attn_mask, text)
+            return self._forward_adaln(x, num_blocks, attn_mask, text), None, None
 
         x = x + self.attn(self.norm1(x), attn_mask=attn_mask)
         BM, T, D = x.shape
         B = BM // num_blocks
         h = self.norm_x(x).reshape(B, num_blocks * T, D)
-        a, probs, cosines = self.xattn(h, text.features, text.word_mask, return_attention, out is not None)
-        if out is not None:
-            out.cosines.append(cosines)
-            if probs is not None:
-                out.attention.append(probs)
+        a, probs, cosines = self.xattn(h, text.features, text.word_mask, return_attention, return_cosines)
         if self.pool_point == "xattn":
             # Pooling over captions first keeps a in its (B, N, M*T, D) layout: no transpose copy.
             x = x + self.pool(a).reshape(BM, T, D)
-            return x + self.mlp(self.norm2(x))
+            return x + self.mlp(self.norm2(x)), cosines, probs
         N = a.shape[1]
         a = a.reshape(B, N, num_blocks, T, D).transpose(1, 2).reshape(BM, N, T, D)
         xn = x.unsqueeze(1) + a  # (BM, N, T, D): each caption's own block state
         xn = xn + self.mlp(self.norm2(xn))
-        return self.pool(xn)
+        return self.pool(xn), cosines, probs
 
     def _forward_adaln(self, x, num_blocks, attn_mask, text: TextInput) -> torch.Tensor:
         BM, T, D = x.shape
@@ -239,11 +241,14 @@ class Predictor(nn.Module):
                 x = self.feature_pool(self.feature_cond(xq, caption_vec)).reshape(B * M, Kc + Kt, D)
 
         for i, blk in enumerate(self.blocks):
-            x = blk(
-                x, M, attn_mask,
-                text=text_in if i in self.conditioned_layers else None,
-                out=out, return_attention=return_attention,
+            x, cosines, attention = blk(
+                x, M, attn_mask, text=text_in if i in self.conditioned_layers else None,
+                return_attention=return_attention,
             )
+            if cosines is not None:
+                out.cosines.append(cosines)
+            if attention is not None:
+                out.attention.append(attention)
         x = self.norm(x)[:, Kc:]
         out.pred = self.proj(x).reshape(B, M, Kt, -1)
         return out

@@ -32,6 +32,30 @@ def test_train_step_tiny_cpu(tmp_path):
     assert table[0]["command"].startswith("python -m benchmarks.train_step ")  # every row names what made it
 
 
+def test_train_step_profile_fsdp_and_known_flops(tmp_path):
+    """--flops-from takes GFLOP/img from an earlier count instead of counting; --profile writes
+    a per-category table whose shares add up to 1; --fsdp runs the step sharded by FSDP2 in a
+    gloo group of one and gives the same loss as the plain step (nothing is split)."""
+    common = ["--device", "cpu", "--tiny", "--steps", "1", "--warmup", "1", "--pool", "2", "--variants", "tc_n8_xattn"]
+    known = tmp_path / "known.json"
+    known.write_text(json.dumps({"rows": [{"model": "vit_pico", "variant": "tc_n8_xattn", "batch": 8,
+                                           "act_ckpt": False, "gflop_per_img": 123.0}]}))
+    plain = train_step.main(common + ["--flops-from", str(known), "--profile", "2", "--out", str(tmp_path)])
+    row = plain["rows"][0]
+    assert row["gflop_per_img"] == 123.0 and row["flops_source"] == "--flops-from"
+    assert row["tflops"] == pytest.approx(123.0 * row["img_per_s"] / 1e3)
+    with (tmp_path / "train_step_tiny_cpu_profile.csv").open() as f:
+        profile = list(csv.DictReader(f))
+    assert {"matmul", "attention"} <= {r["category"] for r in profile}
+    assert sum(float(r["share"]) for r in profile) == pytest.approx(1.0)
+    assert "aten::" in (tmp_path / "train_step_tiny_cpu_profile_vit_pico_tc_n8_xattn.txt").read_text()
+
+    sharded = train_step.main(common + ["--fsdp", "--no-flops", "--out", ""])["rows"][0]
+    assert sharded["status"] == "ok" and sharded["fsdp"] is True
+    assert sharded["loss"] == pytest.approx(row["loss"], rel=1e-5)
+    assert not torch.distributed.is_initialized()  # the benchmark tears its group down
+
+
 def test_flop_count_is_exact_for_the_encoder_matmuls():
     """The meta-device count equals 2 * MACs of the linear layers, checked for I-JEPA's
     target encoder alone: a forward of K tokens through L blocks of width d costs

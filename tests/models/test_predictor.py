@@ -65,7 +65,7 @@ def test_xattn_pooling_equals_max_over_literal_caption_states():
     B, M, T = 2, 2, 5
     x = torch.randn(B * M, T, D)
     text, mask = make_text(B=B, d=d_t)
-    got = blk(x, M, text=_text_input(text, mask))
+    got, _, _ = blk(x, M, text=_text_input(text, mask))
 
     x1 = x + blk.attn(blk.norm1(x))
     h = blk.norm_x(x1).reshape(B, M * T, D)
@@ -84,7 +84,7 @@ def test_block_pool_point_equals_each_caption_running_the_whole_block():
     B, M, T = 2, 2, 5
     x = torch.randn(B * M, T, D)
     text, mask = make_text(B=B, d=d_t)
-    got = blk(x, M, text=_text_input(text, mask))
+    got, _, _ = blk(x, M, text=_text_input(text, mask))
     per_caption = []
     for n in range(text.shape[1]):
         xn = x + blk.attn(blk.norm1(x))  # every caption runs its own self-attention
@@ -102,7 +102,7 @@ def test_unconditioned_block_is_a_plain_timm_vit_block():
         ref = Block(16, 2, mlp_ratio=4.0, qkv_bias=True, norm_layer=lambda d, **kw: torch.nn.LayerNorm(d, eps=1e-6, **kw))
         ref.load_state_dict(blk.state_dict())  # strict: same parameters, nothing extra
         x = torch.randn(3, 7, 16)
-        torch.testing.assert_close(blk(x, 1), ref(x))
+        torch.testing.assert_close(blk(x, 1)[0], ref(x))
 
 
 def test_ijepa_predictor_has_no_text_parameters():

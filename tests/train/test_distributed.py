@@ -1,4 +1,5 @@
-"""Two gloo processes on CPU: DDP averages gradients; FSDP2 shards and round-trips full state."""
+"""Two gloo processes on CPU: DDP averages gradients; FSDP2 shards, round-trips full state, and
+gives TC-JEPA the unsharded loss terms."""
 import os
 import socket
 
@@ -131,9 +132,40 @@ def _fsdp_worker(info, out):
     torch.testing.assert_close(fresh(x), model(x))
 
 
+def _fsdp_jepa_worker(info):
+    """TC-JEPA under FSDP2 gives the unsharded model's loss terms: every conditioned layer's
+    cosine map reaches the regularizers (an accumulator passed into the blocks used to lose
+    all but the first under FSDP2, so L_consist read 0)."""
+    import copy
+
+    from tcjepa.config import load_config
+    from tcjepa.data.masks import MultiBlockMaskCollator
+    from tcjepa.models.jepa import JEPA
+
+    cfg = load_config(None, ["model.encoder=vit_pico", "model.patch_size=8", "data.image_size=64",
+                             "model.predictor_depth=3", "model.predictor_width=32", "model.predictor_heads=2",
+                             "text.enabled=true", "text.dim=16", "text.max_words=6", "data.num_captions=2",
+                             "mask.min_keep=4"])
+    torch.manual_seed(0)
+    plain = JEPA(cfg)
+    sharded = wrap_model(copy.deepcopy(plain), "fsdp", info.device)
+    g = torch.Generator().manual_seed(0)
+    batch = MultiBlockMaskCollator(cfg.mask, plain.grid_size, seed=0)(
+        [{"image": torch.randn(3, 64, 64, generator=g), "sample_idx": i, "epoch": 0, "caption_ids": [2 * i, 2 * i + 1],
+          "captions": ["a", "b"]} for i in range(4)])
+    text, text_mask = torch.randn(4, 2, 6, 16, generator=g), torch.arange(6) < torch.tensor([[[3], [6]]] * 4)
+    inputs = dict(images=batch["images"], context_idx=batch["context_idx"], target_idx=batch["target_idx"],
+                  context_valid=batch.get("context_valid"), text=text, text_mask=text_mask)
+    want, got = plain(**inputs), sharded(**inputs)
+    assert got["loss_consist"] > 0
+    for key in ("loss", "loss_pred", "loss_sparse", "loss_consist"):
+        torch.testing.assert_close(got[key], want[key], msg=key)
+
+
 def _both_workers(info, out):
     _ddp_worker(info)
     _fsdp_worker(info, out)
+    _fsdp_jepa_worker(info)
 
 
 def test_ddp_averages_gradients_and_fsdp2_full_state_dict_round_trips(tmp_path):
