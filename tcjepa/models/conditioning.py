@@ -31,10 +31,11 @@ class TextCrossAttention(nn.Module):
     tensor is ever copied into another layout (docs/PERFORMANCE.md has the GPU profile).
     The patch-word cosines are a second product of the unit-normalised q and k: it adds
     1.6 % to a ViT-L/16 N=8 step's FLOPs and replaces broadcast divisions by the norms, whose
-    float32 temporaries and backward (a reduction over the whole map) cost more on a GPU. W_O is applied to the values, not to the attention
-    output: attention rows sum to 1, so P (V W_O^T + b) = (P V) W_O^T + b exactly, and the
-    projection runs on N*S word rows instead of N*Q token rows (S is tens of words, Q hundreds
-    of predictor tokens). With S that small, explicit matmuls beat the fused attention kernel
+    float32 temporaries and backward (a reduction over the whole map) are memory-bound work
+    (on CPU the layer got 8 % faster; the GPU effect is not measured yet). W_O is applied to
+    the values, not to the attention output: attention rows sum to 1, so
+    P (V W_O^T + b) = (P V) W_O^T + b exactly, and the projection runs on N*S word rows
+    instead of N*Q token rows (S is tens of words, Q hundreds of predictor tokens). With S that small, explicit matmuls beat the fused attention kernel
     on CPU (measured; docs/PERFORMANCE.md), whose backward is tuned for long key sequences.
     """
 
