@@ -185,20 +185,26 @@ class Harness:
     schedules: Schedules
     device: torch.device
     use_bf16: bool
+    loop_syncs: bool = False
     step_index: int = 0
 
     def step(self, batch: dict[str, Any]) -> torch.Tensor:
-        """The training loop's step, without its host syncs (finite check, ``.item()``)."""
+        """The training loop's step, without its host syncs (finite check, ``.item()``) unless
+        ``loop_syncs``: then with both, where the loop has them, to measure what they cost."""
         s = self.step_index
         self.schedules.apply(self.optimizer, s)
         b = to_device(batch, self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
             out = self.fwd(**model_inputs(b))
         out["loss"].backward()
+        if self.loop_syncs and not torch.isfinite(out["loss"].detach()):
+            raise FloatingPointError("non-finite loss")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.model.update_target(self.schedules.ema(s))
         self.step_index += 1
+        if self.loop_syncs:
+            out["loss"].item()
         return out["loss"].detach()
 
 
@@ -214,7 +220,8 @@ def ensure_process_group(device: torch.device) -> None:
                             rank=int(os.environ.get("RANK", "0")), world_size=int(os.environ.get("WORLD_SIZE", "1")))
 
 
-def build_harness(cfg: Config, device: torch.device, compile_model: bool, seed: int, fsdp: bool = False) -> Harness:
+def build_harness(cfg: Config, device: torch.device, compile_model: bool, seed: int, fsdp: bool = False,
+                  loop_syncs: bool = False) -> Harness:
     torch.manual_seed(seed)
     model = JEPA(cfg).to(device)
     model.train()
@@ -228,7 +235,7 @@ def build_harness(cfg: Config, device: torch.device, compile_model: bool, seed: 
     optimizer = build_optimizer(build_param_groups(model.encoder, model.predictor), cfg.optim, device)
     schedules = Schedules(cfg.optim, steps_per_epoch=1000, total_steps=100_000)
     fwd = torch.compile(model) if compile_model else model
-    return Harness(cfg, model, fwd, optimizer, schedules, device, use_bf16)
+    return Harness(cfg, model, fwd, optimizer, schedules, device, use_bf16, loop_syncs)
 
 
 def sync(device: torch.device) -> None:
@@ -316,7 +323,8 @@ def run_variant(model_name: str, spec: dict[str, Any], variant: str, batch: int,
     row: dict[str, Any] = {"model": model_name, "variant": variant, "captions": v["captions"] or None,
                            "pool_point": v["pool_point"], "batch": batch, "words": args.words if v["text"] else None,
                            "precision": cfg.train.precision, "compile": args.compile,
-                           "act_ckpt": args.activation_checkpointing, "fsdp": args.fsdp, "status": "ok"}
+                           "act_ckpt": args.activation_checkpointing, "fsdp": args.fsdp,
+                           "loop_syncs": args.loop_syncs, "status": "ok"}
     h = pool = None
     if args.flops_only:  # no device work: FLOPs of the real shapes on the meta device
         grid = (cfg.data.image_size // cfg.model.patch_size,) * 2
@@ -324,7 +332,7 @@ def run_variant(model_name: str, spec: dict[str, Any], variant: str, batch: int,
         row.update(pstats, status="flops only", gflop_per_img=count_flops(cfg, pool, args.activation_checkpointing) / batch / 1e9)
         return row
     try:
-        h = build_harness(cfg, device, args.compile, args.seed, fsdp=args.fsdp)
+        h = build_harness(cfg, device, args.compile, args.seed, fsdp=args.fsdp, loop_syncs=args.loop_syncs)
         row["params_m"] = count_parameters(h.model.encoder) / 1e6
         row["trainable_m"] = sum(p.numel() for g in h.optimizer.param_groups for p in g["params"]) / 1e6
         pool, pstats = make_pool(cfg, h.model.grid_size, batch, args.pool, args.seed, pin=device.type == "cuda")
@@ -455,6 +463,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--fsdp", action="store_true",
                    help="shard with FSDP2 as train.distributed=fsdp does (under torchrun, or a process group "
                         "of one made here): measures FSDP2's own cost on one GPU")
+    p.add_argument("--loop-syncs", action="store_true",
+                   help="add the training loop's two host syncs per step (finite-loss check, loss.item()); "
+                        "the default step has none, so the pair measures what they cost")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (--tiny on cpu: 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="results/bench", help="folder for JSON + CSV ('' = do not write)")

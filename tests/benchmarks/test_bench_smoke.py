@@ -35,7 +35,8 @@ def test_train_step_tiny_cpu(tmp_path):
 def test_train_step_profile_fsdp_and_known_flops(tmp_path):
     """--flops-from takes GFLOP/img from an earlier count instead of counting; --profile writes
     a per-category table whose shares add up to 1; --fsdp runs the step sharded by FSDP2 in a
-    gloo group of one and gives the same loss as the plain step (nothing is split)."""
+    gloo group of one and gives the same loss as the plain step (nothing is split); so does
+    --loop-syncs, the step with the loop's host syncs."""
     common = ["--device", "cpu", "--tiny", "--steps", "1", "--warmup", "1", "--pool", "2", "--variants", "tc_n8_xattn"]
     known = tmp_path / "known.json"
     known.write_text(json.dumps({"rows": [{"model": "vit_pico", "variant": "tc_n8_xattn", "batch": 8,
@@ -54,6 +55,8 @@ def test_train_step_profile_fsdp_and_known_flops(tmp_path):
     assert sharded["status"] == "ok" and sharded["fsdp"] is True
     assert sharded["loss"] == pytest.approx(row["loss"], rel=1e-5)
     assert not torch.distributed.is_initialized()  # the benchmark tears its group down
+    synced = train_step.main(common + ["--loop-syncs", "--no-flops", "--out", ""])["rows"][0]
+    assert synced["loop_syncs"] is True and synced["loss"] == pytest.approx(row["loss"], rel=1e-6)
 
 
 def test_flop_count_is_exact_for_the_encoder_matmuls():
