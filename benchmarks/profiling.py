@@ -12,6 +12,8 @@ from typing import Any, Callable
 
 import torch
 from torch.autograd import DeviceType
+
+from .common import command_line
 from torch.profiler import ProfilerActivity, profile
 
 # First match wins; names are lower-cased kernel names (CUDA) or aten operator names (CPU).
@@ -59,7 +61,8 @@ def profile_steps(step: Callable[[int], Any], steps: int, device: torch.device) 
     total = sum(_self_time_us(e, on_device) for e in events) or 1.0
     groups: dict[str, dict[str, Any]] = {}
     for e in events:
-        g = groups.setdefault(category(e.key), {"category": category(e.key), "ms_per_step": 0.0, "calls_per_step": 0.0})
+        label = category(e.key)
+        g = groups.setdefault(label, {"category": label, "ms_per_step": 0.0, "calls_per_step": 0.0})
         g["ms_per_step"] += _self_time_us(e, on_device) / 1e3 / steps
         g["calls_per_step"] += e.count / steps
     rows = sorted(groups.values(), key=lambda r: -r["ms_per_step"])
@@ -72,8 +75,11 @@ def profile_steps(step: Callable[[int], Any], steps: int, device: torch.device) 
     return rows, "\n".join(lines)
 
 
-def write_profile(out_dir: str | Path, stem: str, top: str) -> Path:
+def write_profile(out_dir: str | Path, stem: str, top: str, meta: dict[str, Any]) -> Path:
+    """The top-kernel list, under a line naming the device, torch, commit and command."""
     path = Path(out_dir) / f"{stem}.txt"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(top + "\n")
+    header = (f"# {meta['device']} | torch {meta['torch']} | commit {meta['commit']}"
+              f"{' (dirty)' if meta.get('dirty') else ''} | {command_line(meta['argv'])}")
+    path.write_text(header + "\n" + top + "\n")
     return path

@@ -345,7 +345,7 @@ def run_variant(model_name: str, spec: dict[str, Any], variant: str, batch: int,
             row["host_syncs"] = count_host_syncs(h, pool[0])
         if not math.isfinite(row["loss"]):
             row["status"] = "non-finite loss"
-        if args.profile and count_syncs:
+        if args.profile:
             row["profile"], row["profile_top"] = profile_steps(lambda i: h.step(pool[i % len(pool)]), args.profile, device)
         known = args.known_flops.get((model_name, variant, batch, args.activation_checkpointing))
         if known is not None:
@@ -370,7 +370,7 @@ def fill_batch(model_name: str, spec: dict[str, Any], variant: str, args, device
     if device.type != "cuda":
         return run_variant(model_name, spec, variant, spec["batch"], args, device)
     total = torch.cuda.get_device_properties(device).total_memory / 2**30
-    probe = argparse.Namespace(**{**vars(args), "steps": 2, "warmup": 2, "no_flops": True, "pool": 2})
+    probe = argparse.Namespace(**{**vars(args), "steps": 2, "warmup": 2, "no_flops": True, "pool": 2, "profile": 0})
     b1 = spec["batch"]
     while True:
         r1 = run_variant(model_name, spec, variant, b1, probe, device, count_syncs=False)
@@ -549,7 +549,7 @@ def main(argv=None) -> dict[str, Any]:
         if profiles:
             _, pc = write_results(args.out, f"{stem}_profile", meta, profiles)
             for (m, v), top in tops.items():
-                write_profile(args.out, f"{stem}_profile_{m}_{v}", top)
+                write_profile(args.out, f"{stem}_profile_{m}_{v}", top, meta)
             print(f"wrote {pc} and {len(tops)} top-kernel lists")
     if args.fsdp and dist.is_initialized():
         dist.destroy_process_group()

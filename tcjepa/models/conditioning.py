@@ -11,8 +11,9 @@ import math
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from .regularizers import word_cosines
 
 
 def mean_caption_vector(text: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
@@ -26,10 +27,10 @@ class TextCrossAttention(nn.Module):
 
     Every caption is attended independently: the N captions act as N "heads" sharing
     W_Q, W_K, W_V, W_O. The logits of all captions come from one (N*S x D) @ (D x Q) product,
-    laid out words-major, (B, N, S, Q): the softmax runs over S, and both the attention output
-    P^T V and the regularizers read that layout as transposed views, so no (B, N, Q, S)
-    tensor is ever copied into another layout (docs/PERFORMANCE.md has the GPU profile).
-    The patch-word cosines are a second product of the unit-normalised q and k: it adds
+    laid out words-major, (B, N, S, Q): the softmax runs over S, and the attention output
+    P^T V reads that layout as a transposed operand, so no map is copied into another layout
+    (docs/PERFORMANCE.md has the GPU profile). The patch-word cosines of the regularizers
+    are ``word_cosines``, a second product of the unit-normalised q and k: it adds
     1.6 % to a ViT-L/16 N=8 step's FLOPs and replaces broadcast divisions by the norms, whose
     float32 temporaries and backward (a reduction over the whole map) are memory-bound work
     (on CPU the layer got 8 % faster; the GPU effect is not measured yet). W_O is applied to
@@ -65,9 +66,7 @@ class TextCrossAttention(nn.Module):
         out = probs.transpose(2, 3) @ v  # (B, N, Q, S) @ (B, N, S, D): a transposed operand, no copy
         cosines = None
         if return_cosines:
-            unit = torch.bmm(F.normalize(k, dim=-1), F.normalize(q, dim=-1).transpose(1, 2)).view(B, N, S, Q)
-            # masked_fill then relu: autograd keeps only relu's output per layer.
-            cosines = unit.masked_fill(pad, 0).relu().transpose(2, 3)
+            cosines = word_cosines(q, k.view(B, N, S, D), word_mask)
         return out, probs.transpose(2, 3) if return_attention else None, cosines
 
 

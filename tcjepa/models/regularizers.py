@@ -18,8 +18,8 @@ import torch.nn.functional as F
 def word_cosines(q: torch.Tensor, k: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
     """q (B, Q, D) token queries, k (B, N, S, D) word keys, word_mask (B, N, S) True = word.
 
-    Returns O (B, N, Q, S) = relu(cos), zero on padding words. The reference definition: in
-    training, ``TextCrossAttention`` returns the same maps from its logits' dot products.
+    Returns O (B, N, Q, S) = relu(cos), zero on padding words; ``TextCrossAttention`` returns
+    these maps for its conditioned layer.
     """
     cos = torch.einsum("bqd,bnsd->bnqs", F.normalize(q, dim=-1), F.normalize(k, dim=-1))
     # masked_fill then relu: autograd keeps only the result O (relu's output) per layer, not

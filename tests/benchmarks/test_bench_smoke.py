@@ -49,7 +49,9 @@ def test_train_step_profile_fsdp_and_known_flops(tmp_path):
         profile = list(csv.DictReader(f))
     assert {"matmul", "attention"} <= {r["category"] for r in profile}
     assert sum(float(r["share"]) for r in profile) == pytest.approx(1.0)
-    assert "aten::" in (tmp_path / "train_step_tiny_cpu_profile_vit_pico_tc_n8_xattn.txt").read_text()
+    top = (tmp_path / "train_step_tiny_cpu_profile_vit_pico_tc_n8_xattn.txt").read_text()
+    assert "aten::" in top
+    assert top.startswith("# ") and "commit" in top.splitlines()[0]  # the list names what made it
 
     sharded = train_step.main(common + ["--fsdp", "--no-flops", "--out", ""])["rows"][0]
     assert sharded["status"] == "ok" and sharded["fsdp"] is True
