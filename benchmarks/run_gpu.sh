@@ -7,7 +7,8 @@
 # stage cut short or failing does not stop the next. Each writes its own JSON + CSV (--tag), so
 # a run cut short keeps what it finished. Ratios compare variants within one command only.
 # FLOPs per image come from the exact meta-device counts in results/bench (--flops-from), so
-# the GPU's time goes to timing; the counts do not depend on the device.
+# the GPU's time goes to timing; the counts do not depend on the device. AFTER_STAGE, if set,
+# is run after every stage (e.g. to archive out_dir where only some files come back).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-results/bench}
