@@ -71,6 +71,11 @@ class ModelConfig:
     caption_pool: Literal["max", "mean", "attention"] = "max"
     caption_pool_point: Literal["xattn", "block"] = "xattn"
     xattn_scale: bool = True  # divide x-attn logits by sqrt(D) (the paper's equation omits it)
+    # Keys the grounding cosines compare against: "raw" K_s (the paper's equation) or
+    # "centered" K_s minus its caption's mean key, which leaves the attention unchanged
+    # (softmax ignores a shift shared by all words) but closes the regularizers' degenerate
+    # minimum where every key sits in one cone and every query points away (README, Results).
+    grounding_keys: Literal["raw", "centered"] = "raw"
 
 
 @dataclass

@@ -40,8 +40,11 @@ class TextCrossAttention(nn.Module):
     on CPU (measured; docs/PERFORMANCE.md), whose backward is tuned for long key sequences.
     """
 
-    def __init__(self, dim: int, text_dim: int, scale: bool = True):
+    def __init__(self, dim: int, text_dim: int, scale: bool = True, grounding_keys: str = "raw"):
         super().__init__()
+        if grounding_keys not in ("raw", "centered"):
+            raise ValueError(f"grounding_keys must be raw or centered, got {grounding_keys!r}")
+        self.center_keys = grounding_keys == "centered"
         self.q = nn.Linear(dim, dim)
         self.k = nn.Linear(text_dim, dim)
         self.v = nn.Linear(text_dim, dim)
@@ -66,7 +69,7 @@ class TextCrossAttention(nn.Module):
         out = probs.transpose(2, 3) @ v  # (B, N, Q, S) @ (B, N, S, D): a transposed operand, no copy
         cosines = None
         if return_cosines:
-            cosines = word_cosines(q, k.view(B, N, S, D), word_mask)
+            cosines = word_cosines(q, k.view(B, N, S, D), word_mask, center_keys=self.center_keys)
         return out, probs.transpose(2, 3) if return_attention else None, cosines
 
 

@@ -59,6 +59,7 @@ class JEPA(nn.Module):
             caption_pool=m.caption_pool,
             caption_pool_point=m.caption_pool_point,
             xattn_scale=m.xattn_scale,
+            grounding_keys=m.grounding_keys,
         )
         self.text_enabled = cfg.text.enabled
 

@@ -55,6 +55,7 @@ class PredictorBlock(nn.Module):
         caption_pool: str = "max",
         pool_point: str = "xattn",
         xattn_scale: bool = True,
+        grounding_keys: str = "raw",
     ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
@@ -65,7 +66,7 @@ class PredictorBlock(nn.Module):
         self.pool_point = pool_point
         if self.conditioning in ("xattn", "caption_xattn"):
             self.norm_x = nn.LayerNorm(dim, eps=1e-6)
-            self.xattn = TextCrossAttention(dim, text_dim, scale=xattn_scale)
+            self.xattn = TextCrossAttention(dim, text_dim, scale=xattn_scale, grounding_keys=grounding_keys)
         elif self.conditioning == "adaln":
             self.adaln = AdaLNModulation(dim, text_dim)
         if self.conditioning is not None:
@@ -140,6 +141,7 @@ class Predictor(nn.Module):
         caption_pool: str = "max",
         caption_pool_point: str = "xattn",
         xattn_scale: bool = True,
+        grounding_keys: str = "raw",
     ):
         super().__init__()
         if conditioning not in ("xattn", "caption_xattn", "adaln", "feature"):
@@ -164,6 +166,7 @@ class Predictor(nn.Module):
                 text_dim=text_dim if i in self.conditioned_layers else None,
                 conditioning=conditioning, caption_pool=caption_pool,
                 pool_point=caption_pool_point, xattn_scale=xattn_scale,
+                grounding_keys=grounding_keys,
             )
             for i in range(depth)
         )

@@ -57,6 +57,17 @@ def test_regularizer_weights_zero_turn_them_off():
     torch.testing.assert_close(out["loss"].detach(), out["loss_pred"])
 
 
+def test_centered_grounding_keys_reach_every_conditioned_layer():
+    torch.manual_seed(0)
+    raw = JEPA(load_config(None, TINY))
+    centered = JEPA(load_config(None, TINY + ["model.grounding_keys=centered"]))
+    centered.load_state_dict(raw.state_dict())
+    assert all(blk.xattn.center_keys for blk in centered.predictor.blocks)
+    out_raw, out_c = raw(**batch()), centered(**batch())
+    torch.testing.assert_close(out_c["loss_pred"], out_raw["loss_pred"])  # same attention
+    assert out_c["loss_sparse"].item() != pytest.approx(out_raw["loss_sparse"].item())
+
+
 def test_text_changes_the_prediction():
     torch.manual_seed(0)
     model = JEPA(load_config(None, TINY))

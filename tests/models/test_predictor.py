@@ -219,6 +219,48 @@ def test_all_negative_cosines_zero_both_regularizers():
     assert terms.positive_fraction.tolist() == [0.0, 0.0]
 
 
+def test_centered_grounding_keys_match_a_slow_loop_and_escape_the_cone():
+    """Keys sharing one large component (a cone) let every query sit at negative cosine to every
+    word: the raw regularizers are then zero. Centred keys measure the same queries against
+    each key minus its caption's mean over real words, which the softmax never sees."""
+    B, N, Q, S, D = 2, 3, 4, 5, 6
+    _, mask = make_text(B=B, N=N, S=S)
+    axis = torch.randn(D)
+    k = 0.1 * torch.randn(B, N, S, D) + 5 * axis
+    q = -axis + 0.1 * torch.randn(B, Q, D)
+    raw = word_cosines(q, k, mask)
+    centered = word_cosines(q, k, mask, center_keys=True)
+    assert raw.max() == 0  # the degenerate minimum
+    for b in range(B):
+        for n in range(N):
+            words = mask[b, n]
+            mean = k[b, n][words].mean(0)
+            for i in range(Q):
+                for s in range(S):
+                    want = max(F.cosine_similarity(q[b, i], k[b, n, s] - mean, dim=0).item(), 0.0) if words[s] else 0.0
+                    assert centered[b, n, i, s].item() == pytest.approx(want, abs=1e-5)
+    # Every caption with 2+ words has a positive centred cosine for every query.
+    several = mask.sum(-1) > 1
+    assert (centered.amax(-1)[several] > 0).all()
+
+
+def test_grounding_keys_change_the_cosines_only():
+    torch.manual_seed(3)
+    raw = TextCrossAttention(8, 12)
+    centered = TextCrossAttention(8, 12, grounding_keys="centered")
+    centered.load_state_dict(raw.state_dict())
+    h = torch.randn(2, 4, 8)
+    text, mask = make_text()
+    out_raw, p_raw, o_raw = raw(h, text, mask, return_attention=True, return_cosines=True)
+    out_c, p_c, o_c = centered(h, text, mask, return_attention=True, return_cosines=True)
+    torch.testing.assert_close(out_c, out_raw)
+    torch.testing.assert_close(p_c, p_raw)
+    assert not torch.allclose(o_c, o_raw)
+    torch.testing.assert_close(o_c, word_cosines(raw.q(h), raw.k(text), mask, center_keys=True), atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="grounding_keys"):
+        TextCrossAttention(8, 12, grounding_keys="whitened")
+
+
 def test_sincos_matches_the_ijepa_numpy_formula():
     import numpy as np
 
