@@ -109,7 +109,11 @@ def plot_grounding_maps(
         handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(w % 20)) for w in used]
         axes[b, 1].legend(handles, [words[w] if w < len(words) else f"#{w}" for w in used],
                           fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-        axes[b, 1].set_title("most-attended word per patch (caption 1)", fontsize=8)
+        # How sharp the attention is decides whether the argmax means anything: near-uniform
+        # attention (the regularizers' degenerate minimum, README "Results") draws noise.
+        top = a[rows.to(a.device)].max(-1).values.mean().item()
+        axes[b, 1].set_title(f"most-attended word per patch (caption 1)\nmean top weight {top:.2f}, "
+                             f"uniform {1 / max(n_words, 1):.2f}", fontsize=8)
         for ax in axes[b]:
             ax.set_xticks([])
             ax.set_yticks([])

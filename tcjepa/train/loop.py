@@ -35,7 +35,7 @@ from .distributed import (
     optimizer_state_dict,
     wrap_model,
 )
-from .monitors import MetricsLogger, probe_monitors
+from .monitors import MetricsLogger, grounding_collapse_warning, probe_monitors
 from .optim import Schedules, build_optimizer, build_param_groups
 
 log = logging.getLogger("tcjepa.train")
@@ -254,6 +254,7 @@ def train(cfg: Config, max_steps_this_run: Optional[int] = None, on_step: Option
     stop_at = total_steps if max_steps_this_run is None else min(total_steps, step + max_steps_this_run)
     bar = tqdm(total=total_steps, initial=step, disable=not dist.is_main, desc="train", dynamic_ncols=True)
     window_t, window_imgs = time.time(), 0
+    warned_collapse = False
     loss_value = float("nan")
     model.train()
     try:
@@ -313,6 +314,11 @@ def train(cfg: Config, max_steps_this_run: Optional[int] = None, on_step: Option
                 )
                 if "positive_cosine_fraction" in out:
                     row["positive_cosine_fraction"] = out["positive_cosine_fraction"].detach().float().cpu().tolist()
+                    collapse = None if warned_collapse else grounding_collapse_warning(
+                        step, row["positive_cosine_fraction"], cfg.loss.sparse_weight, cfg.loss.consist_weight)
+                    if collapse:
+                        log.warning(collapse)
+                        warned_collapse = True
                 history.append({"step": step, "loss": row["loss"]})
                 logger.log(step, row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.0f}")

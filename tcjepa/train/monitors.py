@@ -158,6 +158,28 @@ def _probe_monitors(model: JEPA, batch: dict[str, Any]) -> dict[str, Any]:
     return metrics
 
 
+# Below this share of positive patch-word cosines in every conditioned layer, warn.
+GROUNDING_COLLAPSE_FRACTION = 1e-3
+
+
+def grounding_collapse_warning(step: int, positive_fraction: list[float], sparse_weight: float,
+                               consist_weight: float) -> Optional[str]:
+    """The SPEC's known failure mode, as a warning, or None: (almost) no patch-word cosine is
+    positive in any conditioned layer, so both grounding regularizers are (almost) zero and give
+    (almost) no gradient. With the raw keys of the embedded scenes this happens within ~10 steps
+    (README, Results)."""
+    if not positive_fraction or sparse_weight == consist_weight == 0:
+        return None
+    if max(positive_fraction) >= GROUNDING_COLLAPSE_FRACTION:
+        return None
+    return (
+        f"step {step}: under {100 * GROUNDING_COLLAPSE_FRACTION:g} % of patch-word cosines are "
+        "positive in every conditioned layer, so the grounding regularizers are (almost) zero and "
+        "no longer train anything (the SPEC's failure mode: queries at negative cosine to every "
+        "word key). model.grounding_keys=centered keeps them active; see README, Results"
+    )
+
+
 def is_finite(x: Optional[torch.Tensor]) -> bool:
     return x is not None and bool(torch.isfinite(x).all())
 
