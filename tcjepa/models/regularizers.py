@@ -24,7 +24,9 @@ def word_cosines(
     these maps for its conditioned layer. ``center_keys`` compares q with each key minus the
     mean key of its caption's real words: the softmax over words is blind to that shift, so the
     cosines then measure what the attention sees, and they cannot all be negative (centred keys
-    sum to zero, so a query with any component in their span is positive on some word).
+    sum to zero, so a query with any component in their span is positive on some word). The
+    regularizers can still reach zero with queries orthogonal to that span, which also makes
+    the attention uniform; on the embedded scenes they approach it without reaching it.
     """
     if center_keys:
         w = word_mask.unsqueeze(-1).to(k.dtype)
