@@ -90,7 +90,8 @@ def plot_grounding_maps(
         if valid is not None:
             keep = torch.cat([valid[b].cpu(), torch.ones(Kt, dtype=torch.bool)])
             positions, rows, is_target = positions[keep], rows[keep], is_target[keep]
-        best = a[rows.to(a.device)].argmax(-1).cpu()
+        top_weight, best = a[rows.to(a.device)].max(-1)
+        best = best.cpu()
         grid = np.full((gh, gw), -1)
         hidden = np.zeros((gh, gw), dtype=bool)
         for pos, w, t in zip(positions.tolist(), best.tolist(), is_target.tolist()):
@@ -111,9 +112,8 @@ def plot_grounding_maps(
                           fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
         # How sharp the attention is decides whether the argmax means anything: near-uniform
         # attention (the regularizers' degenerate minimum, README "Results") draws noise.
-        top = a[rows.to(a.device)].max(-1).values.mean().item()
-        axes[b, 1].set_title(f"most-attended word per patch (caption 1)\nmean top weight {top:.2f}, "
-                             f"uniform {1 / max(n_words, 1):.2f}", fontsize=8)
+        axes[b, 1].set_title(f"most-attended word per patch (caption 1)\nmean top weight "
+                             f"{top_weight.mean().item():.2f}, uniform {1 / max(n_words, 1):.2f}", fontsize=8)
         for ax in axes[b]:
             ax.set_xticks([])
             ax.set_yticks([])

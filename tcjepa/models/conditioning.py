@@ -22,6 +22,17 @@ def mean_caption_vector(text: torch.Tensor, word_mask: torch.Tensor) -> torch.Te
     return (text * w).sum(2) / w.sum(2).clamp_min(1)
 
 
+def centered_keys(k: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
+    """(B, N, S, D) keys minus the mean key of their caption's real words.
+
+    The softmax over words is blind to that shift, so cosines against these keys measure what
+    the attention sees, and they cannot all be negative (centred keys sum to zero, so a query
+    with any component in their span is positive on some word). The regularizers can still
+    reach zero with queries orthogonal to that span, which also makes the attention uniform;
+    on the embedded scenes they approach it without reaching it."""
+    return k - mean_caption_vector(k, word_mask).unsqueeze(2)
+
+
 class TextCrossAttention(nn.Module):
     """Single-head cross-attention from predictor tokens to the words of each caption.
 
@@ -33,11 +44,13 @@ class TextCrossAttention(nn.Module):
     are ``word_cosines``, a second product of the unit-normalised q and k: it adds
     1.6 % to a ViT-L/16 N=8 step's FLOPs and replaces broadcast divisions by the norms, whose
     float32 temporaries and backward (a reduction over the whole map) are memory-bound work
-    (on CPU the layer got 8 % faster; the GPU effect is not measured yet). W_O is applied to
-    the values, not to the attention output: attention rows sum to 1, so
+    (on CPU the layer got 8 % faster; on a GPU, ViT-L/16 N=8 peak memory fell from 34.6 to
+    31.4 GiB, and the speed change is mixed with a change of card: docs/PERFORMANCE.md).
+    W_O is applied to the values, not to the attention output: attention rows sum to 1, so
     P (V W_O^T + b) = (P V) W_O^T + b exactly, and the projection runs on N*S word rows
-    instead of N*Q token rows (S is tens of words, Q hundreds of predictor tokens). With S that small, explicit matmuls beat the fused attention kernel
-    on CPU (measured; docs/PERFORMANCE.md), whose backward is tuned for long key sequences.
+    instead of N*Q token rows (S is tens of words, Q hundreds of predictor tokens). With S that
+    small, explicit matmuls beat the fused attention kernel on CPU (measured;
+    docs/PERFORMANCE.md), whose backward is tuned for long key sequences.
     """
 
     def __init__(self, dim: int, text_dim: int, scale: bool = True, grounding_keys: str = "raw"):
@@ -69,7 +82,8 @@ class TextCrossAttention(nn.Module):
         out = probs.transpose(2, 3) @ v  # (B, N, Q, S) @ (B, N, S, D): a transposed operand, no copy
         cosines = None
         if return_cosines:
-            cosines = word_cosines(q, k.view(B, N, S, D), word_mask, center_keys=self.center_keys)
+            keys = k.view(B, N, S, D)
+            cosines = word_cosines(q, centered_keys(keys, word_mask) if self.center_keys else keys, word_mask)
         return out, probs.transpose(2, 3) if return_attention else None, cosines
 
 

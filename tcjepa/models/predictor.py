@@ -78,12 +78,11 @@ class PredictorBlock(nn.Module):
         num_blocks: int,
         attn_mask: Optional[torch.Tensor] = None,
         text: Optional[TextInput] = None,
-        return_cosines: bool = True,
         return_attention: bool = False,
     ) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
         """x (B*M, T, D) -> (x, cosines, attention): the new (B*M, T, D) tokens and, for a
-        text cross-attention layer, the (B, N, Q, S) patch-word cosines and attention if asked
-        (else None). ``text`` None means this layer is not conditioned.
+        text cross-attention layer, the (B, N, Q, S) patch-word cosines and (if asked) the
+        attention, else None. ``text`` None means this layer is not conditioned.
 
         The maps are returned, not appended to a caller's list: FSDP2 rebuilds a block's
         arguments when they hold tensors that need gradients, so an accumulator passed in
@@ -98,7 +97,7 @@ class PredictorBlock(nn.Module):
         BM, T, D = x.shape
         B = BM // num_blocks
         h = self.norm_x(x).reshape(B, num_blocks * T, D)
-        a, probs, cosines = self.xattn(h, text.features, text.word_mask, return_attention, return_cosines)
+        a, probs, cosines = self.xattn(h, text.features, text.word_mask, return_attention, return_cosines=True)
         if self.pool_point == "xattn":
             # Pooling over captions first keeps a in its (B, N, M*T, D) layout: no transpose copy.
             x = x + self.pool(a).reshape(BM, T, D)

@@ -15,22 +15,13 @@ import torch
 import torch.nn.functional as F
 
 
-def word_cosines(
-    q: torch.Tensor, k: torch.Tensor, word_mask: torch.Tensor, center_keys: bool = False
-) -> torch.Tensor:
+def word_cosines(q: torch.Tensor, k: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
     """q (B, Q, D) token queries, k (B, N, S, D) word keys, word_mask (B, N, S) True = word.
 
     Returns O (B, N, Q, S) = relu(cos), zero on padding words; ``TextCrossAttention`` returns
-    these maps for its conditioned layer. ``center_keys`` compares q with each key minus the
-    mean key of its caption's real words: the softmax over words is blind to that shift, so the
-    cosines then measure what the attention sees, and they cannot all be negative (centred keys
-    sum to zero, so a query with any component in their span is positive on some word). The
-    regularizers can still reach zero with queries orthogonal to that span, which also makes
-    the attention uniform; on the embedded scenes they approach it without reaching it.
+    these maps for its conditioned layer (with ``model.grounding_keys=centered``, against
+    ``conditioning.centered_keys``).
     """
-    if center_keys:
-        w = word_mask.unsqueeze(-1).to(k.dtype)
-        k = k - (k * w).sum(2, keepdim=True) / w.sum(2, keepdim=True).clamp_min(1)
     cos = torch.einsum("bqd,bnsd->bnqs", F.normalize(q, dim=-1), F.normalize(k, dim=-1))
     # masked_fill then relu: autograd keeps only the result O (relu's output) per layer, not
     # the raw cosines as well (clamp_min would save its input, the mask product its operand).
