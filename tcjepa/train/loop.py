@@ -313,11 +313,14 @@ def train(cfg: Config, max_steps_this_run: Optional[int] = None, on_step: Option
                     ema=schedules.ema(step - 1), img_per_s=window_imgs / elapsed,
                 )
                 if "positive_cosine_fraction" in out:
-                    row["positive_cosine_fraction"] = out["positive_cosine_fraction"].detach().float().cpu().tolist()
+                    # Every rank logs at the same steps, so the global mean is one more small collective.
+                    fraction = all_reduce_mean(out["positive_cosine_fraction"].detach().float().clone())
+                    row["positive_cosine_fraction"] = fraction.cpu().tolist()
                     collapse = None if warned_collapse else grounding_collapse_warning(
                         step, row["positive_cosine_fraction"], cfg.loss.sparse_weight, cfg.loss.consist_weight)
                     if collapse:
-                        log.warning(collapse)
+                        if dist.is_main:
+                            log.warning(collapse)
                         warned_collapse = True
                 history.append({"step": step, "loss": row["loss"]})
                 logger.log(step, row)
