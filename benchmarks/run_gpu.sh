@@ -43,7 +43,7 @@ stage huge_actckpt 50 "$PY" -m benchmarks.train_step --device cuda --models vit_
 stage base 60 "$PY" -m benchmarks.train_step --device cuda --models vit_base $FLOPS --out "$OUT" --tag base
 # 4. FSDP2 (train.distributed=fsdp) on one GPU under torchrun: its cost against stage 1.
 stage fsdp 50 "$PY" -m torch.distributed.run --standalone --nproc_per_node 1 -m benchmarks.train_step --device cuda --models vit_large --variants ijepa,tc_n8_xattn --fsdp $FLOPS --out "$OUT" --tag fsdp
-# 4b. The training loop's two host syncs per step (finite check, loss.item()): their cost against stage 1.
+# 4b. The training loop's host sync per step (the finite-loss check): its cost against stage 1.
 stage loop_syncs 50 "$PY" -m benchmarks.train_step --device cuda --models vit_large --variants ijepa,tc_n8_xattn --loop-syncs $FLOPS --out "$OUT" --tag loop_syncs
 # 5. torch.compile, same model and batch as stage 1 (an eager fallback is recorded as compile=false).
 #    One collated batch (--pool 1): one shape, one compilation, so the lease pays for no recompiles;

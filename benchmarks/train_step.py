@@ -189,8 +189,9 @@ class Harness:
     step_index: int = 0
 
     def step(self, batch: dict[str, Any]) -> torch.Tensor:
-        """The training loop's step, without its host syncs (finite check, ``.item()``) unless
-        ``loop_syncs``: then with both, where the loop has them, to measure what they cost."""
+        """The training loop's step, without its host sync (the finite check before the
+        optimizer step) unless ``loop_syncs``: then with it, where the loop has it, to measure
+        what it costs."""
         s = self.step_index
         self.schedules.apply(self.optimizer, s)
         b = to_device(batch, self.device)
@@ -203,8 +204,6 @@ class Harness:
         self.optimizer.zero_grad(set_to_none=True)
         self.model.update_target(self.schedules.ema(s))
         self.step_index += 1
-        if self.loop_syncs:
-            out["loss"].item()
         return out["loss"].detach()
 
 
@@ -464,8 +463,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="shard with FSDP2 as train.distributed=fsdp does (under torchrun, or a process group "
                         "of one made here): measures FSDP2's own cost on one GPU")
     p.add_argument("--loop-syncs", action="store_true",
-                   help="add the training loop's two host syncs per step (finite-loss check, loss.item()); "
-                        "the default step has none, so the pair measures what they cost")
+                   help="add the training loop's host sync per step (the finite-loss check); "
+                        "the default step has none, so the pair measures what it costs")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (--tiny on cpu: 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="results/bench", help="folder for JSON + CSV ('' = do not write)")

@@ -255,7 +255,7 @@ def train(cfg: Config, max_steps_this_run: Optional[int] = None, on_step: Option
     bar = tqdm(total=total_steps, initial=step, disable=not dist.is_main, desc="train", dynamic_ncols=True)
     window_t, window_imgs = time.time(), 0
     warned_collapse = False
-    loss_value = float("nan")
+    last_loss: torch.Tensor | None = None  # read once at the end: a per-step .item() would stall on the optimizer and EMA
     model.train()
     try:
         while step < stop_at:
@@ -301,7 +301,7 @@ def train(cfg: Config, max_steps_this_run: Optional[int] = None, on_step: Option
             optimizer.zero_grad(set_to_none=True)
             model.update_target(schedules.ema(step))
             step += 1
-            loss_value = loss_t.item()
+            last_loss = loss_t
             if on_step is not None:
                 on_step(step)
 
@@ -338,6 +338,7 @@ def train(cfg: Config, max_steps_this_run: Optional[int] = None, on_step: Option
     bar.close()
     logger.close()
     bad = dataset.bad_samples
+    loss_value = float("nan") if last_loss is None else last_loss.item()
     summary = TrainSummary(
         out_dir=str(out_dir), steps=step, final_loss=loss_value, bad_samples=bad,
         last_checkpoint=last_ckpt, seconds=time.time() - t0, history=history,
