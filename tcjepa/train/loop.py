@@ -255,7 +255,8 @@ def train(cfg: Config, max_steps_this_run: Optional[int] = None, on_step: Option
     bar = tqdm(total=total_steps, initial=step, disable=not dist.is_main, desc="train", dynamic_ncols=True)
     window_t, window_imgs = time.time(), 0
     warned_collapse = False
-    last_loss: torch.Tensor | None = None  # read once at the end: a per-step .item() would stall on the optimizer and EMA
+    # Read once, at the end: a per-step .item() would wait for the optimizer step and EMA update.
+    last_loss: torch.Tensor | None = None
     model.train()
     try:
         while step < stop_at:

@@ -176,8 +176,9 @@ def grounding_collapse_warning(step: int, positive_fraction: list[float], sparse
         f"step {step}: under {100 * GROUNDING_COLLAPSE_FRACTION:g} % of patch-word cosines are "
         "positive in every conditioned layer, so the grounding regularizers are (almost) zero and "
         "no longer train anything (the SPEC's failure mode: queries at negative cosine to every "
-        "word key). Their large early gradients also stay in the encoder's Adam state for "
-        "hundreds of steps, which by itself changes what the encoder learns. "
+        "word key). Their large early gradients can also stay in the encoder's Adam state for "
+        "hundreds of steps and change what the encoder learns (on the embedded scenes that "
+        "carries TC-JEPA's whole gain over I-JEPA). "
         "model.grounding_keys=centered keeps them active; see README, Results"
     )
 
