@@ -98,14 +98,19 @@ def ensure_scenes(data: Path, plan: DemoPlan) -> None:
     stamp.write_text(json.dumps(want))
 
 
+def caption_derangement(count: int) -> np.ndarray:
+    """The control's fixed map: image i gets the captions of image perm[i] != i (count >= 2)."""
+    perm = np.random.default_rng(0).permutation(count)
+    return np.where(perm == np.arange(count), (perm + 1) % count, perm)
+
+
 def write_shuffled_captions(data: Path) -> str:
     """The control: every image gets the captions of another image (a fixed derangement)."""
     from tcjepa.data.captions import read_captions_jsonl
 
     name = "captions_shuffled.jsonl"
     records = read_captions_jsonl(data / "captions.jsonl")
-    perm = np.random.default_rng(0).permutation(len(records))
-    perm = np.where(perm == np.arange(len(records)), (perm + 1) % len(records), perm)
+    perm = caption_derangement(len(records))
     lines = [json.dumps({"image": r.image, "captions": list(records[j].captions)}) for r, j in zip(records, perm)]
     (data / name).write_text("\n".join(lines) + "\n")
     return name

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evals.demo import ensure_text_cache
+from evals.demo import caption_derangement, ensure_text_cache
 from tcjepa.config import load_config
 from tcjepa.data import scenes
 
@@ -45,8 +45,7 @@ def captions_without_positions(record: dict, index: int, count: int) -> list[str
 
 def deranged(lines: list[dict]) -> list[dict]:
     """The demo's control: image i gets the captions of image perm[i] != i."""
-    perm = np.random.default_rng(0).permutation(len(lines))
-    perm = np.where(perm == np.arange(len(lines)), (perm + 1) % len(lines), perm)
+    perm = caption_derangement(len(lines))
     return [{"image": a["image"], "captions": lines[j]["captions"]} for a, j in zip(lines, perm)]
 
 
