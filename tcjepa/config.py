@@ -76,6 +76,10 @@ class ModelConfig:
     # (softmax ignores a shift shared by all words) but closes the regularizers' degenerate
     # minimum where every key sits in one cone and every query points away (README, Results).
     grounding_keys: Literal["raw", "centered"] = "raw"
+    # Text cross-attention with max pooling at the cross-attention: "fused" = one Triton kernel
+    # per layer that never writes the per-caption outputs (tcjepa.kernels.text_xattn), "eager" =
+    # PyTorch ops, "auto" = fused on CUDA when Triton is installed.
+    text_attention_impl: Literal["auto", "fused", "eager"] = "auto"
 
 
 @dataclass

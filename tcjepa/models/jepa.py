@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import Config
+from ..kernels.text_xattn import set_text_attention_impl
 from ..train.optim import ema_update
 from .predictor import Predictor, PredictorOutput
 from .regularizers import grounding_terms
@@ -61,6 +62,7 @@ class JEPA(nn.Module):
             xattn_scale=m.xattn_scale,
             grounding_keys=m.grounding_keys,
         )
+        set_text_attention_impl(self.predictor, m.text_attention_impl)
         self.text_enabled = cfg.text.enabled
 
     @property
