@@ -78,7 +78,7 @@ class ModelConfig:
     grounding_keys: Literal["raw", "centered"] = "raw"
     # Text cross-attention with max pooling at the cross-attention: "fused" = one Triton kernel
     # per layer that never writes the per-caption outputs (tcjepa.kernels.text_xattn), "eager" =
-    # PyTorch ops, "auto" = fused on CUDA when Triton is installed.
+    # PyTorch ops, "auto" = fused on CUDA with Triton under bf16 autocast (kernels.text_xattn).
     text_attention_impl: Literal["auto", "fused", "eager"] = "auto"
 
 
@@ -113,6 +113,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     precision: Literal["bf16", "fp32"] = "bf16"  # bf16 autocast applies on GPU only
     compile: bool = False
+    # What train.compile compiles: each transformer block in place, one graph per block class
+    # reused by every layer (tcjepa.train.compile), or the whole model as one graph.
+    compile_scope: Literal["blocks", "model"] = "blocks"
     distributed: Literal["none", "ddp", "fsdp"] = "none"
     log_every: int = 10
     monitor_every: int = 100

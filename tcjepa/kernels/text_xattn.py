@@ -12,7 +12,8 @@ chooses the implementation (``model.text_attention_impl``):
   max over captions runs in registers, so nothing of size (B, N, Q, D) is written; backward
   keeps the winning caption per output element (int8), a log-normaliser per (image, caption,
   token) and the cosine map, which it writes in the inputs' dtype (bf16 under autocast).
-- ``auto``: fused on CUDA when Triton is installed, eager elsewhere.
+- ``auto``: fused on CUDA when Triton is installed and the queries are bf16 / fp16 (autocast)
+  and at most 512 wide, eager elsewhere.
 
 The fused path runs on CPU tensors only under Triton's interpreter (``TRITON_INTERPRET=1``),
 which is how the tests check it against the eager path. Under ``torch.compile`` the fused
@@ -38,20 +39,32 @@ def triton_installed() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def resolve_impl(impl: str, device: torch.device) -> str:
-    """'fused' or 'eager' for tensors on ``device``; a requested fused path that cannot run here
-    is an error, not a silent fallback."""
+FUSED_MAX_WIDTH = 512  # the forward holds (BLOCK_Q, D) accumulators: wider needs a D-chunked forward
+
+
+def resolve_impl(impl: str, device: torch.device, dtype: torch.dtype = torch.bfloat16, width: int = 384) -> str:
+    """'fused' or 'eager' for (width)-wide queries of ``dtype`` on ``device``. ``auto`` takes the
+    fused kernel where it is meant to run: CUDA, Triton installed, bf16 / fp16 (autocast's
+    dtypes: in float32 the forward's tiles exceed an H100's shared memory), D <= 512. A
+    requested fused path that cannot run is an error, not a silent fallback; on CPU it runs
+    only under Triton's interpreter (TRITON_INTERPRET=1, the tests)."""
     if impl not in IMPLS:
         raise ValueError(f"model.text_attention_impl must be one of {list(IMPLS)}, got {impl!r}")
     if impl == "eager":
         return "eager"
+    half = dtype in (torch.bfloat16, torch.float16)
     on_gpu = device.type == "cuda" and triton_installed()
     if impl == "auto":
-        return "fused" if on_gpu else "eager"
-    if on_gpu or (device.type == "cpu" and triton_installed() and os.environ.get("TRITON_INTERPRET") == "1"):
-        return "fused"
-    raise ValueError(f"model.text_attention_impl=fused needs Triton and a CUDA device (or TRITON_INTERPRET=1 "
-                     f"for CPU tensors); tensors are on {device}{'' if triton_installed() else ', Triton is not installed'}")
+        return "fused" if on_gpu and half and width <= FUSED_MAX_WIDTH else "eager"
+    interpreted = device.type == "cpu" and triton_installed() and os.environ.get("TRITON_INTERPRET") == "1"
+    if not (on_gpu or interpreted):
+        raise ValueError(f"model.text_attention_impl=fused needs Triton and a CUDA device (or TRITON_INTERPRET=1 "
+                         f"for CPU tensors); tensors are on {device}"
+                         f"{'' if triton_installed() else ', Triton is not installed'}")
+    if on_gpu and not (half and width <= FUSED_MAX_WIDTH):
+        raise ValueError(f"model.text_attention_impl=fused on CUDA takes bf16 / fp16 queries (train.precision=bf16) "
+                         f"at most {FUSED_MAX_WIDTH} wide; got {dtype}, width {width}")
+    return "fused"
 
 
 def set_text_attention_impl(module: nn.Module, impl: str) -> None:
@@ -84,6 +97,9 @@ def _blocks(Q: int, S: int, D: int) -> dict:
                 BLOCK_D=block_d, num_warps=4 if block_q * block_d <= 8192 else 8)
 
 
+BACKWARD_D_CHUNK = 64  # the backward's D tiles (dK, dV accumulators: 64 words x 64 per program)
+
+
 def next_pow2(x: int) -> int:
     return 1 << max(0, int(x) - 1).bit_length()
 
@@ -108,7 +124,7 @@ class FusedTextCrossAttention(torch.autograd.Function):
         cos = torch.empty(B, N, Q, S, dtype=q.dtype, device=q.device)
         lse = torch.empty(B, N, Q, dtype=torch.float32, device=q.device)
         blocks = _blocks(Q, S, D)
-        fwd, _ = compiled_kernels()
+        fwd, _, _ = compiled_kernels()
         fwd[(B, -(-Q // blocks["BLOCK_Q"]))](
             q, k, v, ck if ck is not None else k, mask, out, arg, cos, lse, N, Q, S, D, float(scale),
             HAS_CK=ck is not None, PRECISION=_precision(q), **blocks)
@@ -129,17 +145,17 @@ class FusedTextCrossAttention(torch.autograd.Function):
         dout = torch.zeros_like(q) if dout is None else dout.to(q.dtype).contiguous()
         has_dcos = dcos is not None
         dcos = dcos.contiguous() if has_dcos else cos  # not read when has_dcos is False
-        dq = torch.empty(B, Q, D, dtype=torch.float32, device=q.device)
-        dk = torch.zeros(B, N, S, D, dtype=torch.float32, device=q.device)  # atomics add into these
-        dv = torch.zeros_like(dk)
-        dck = torch.zeros_like(dk) if ctx.has_ck and has_dcos else dk
-        blocks = _blocks(Q, S, D)
-        _, bwd = compiled_kernels()
-        bwd[(B, -(-Q // blocks["BLOCK_Q"]))](
-            q, k, v, ck, mask, arg, cos, lse, dout, dcos, dq, dk, dv, dck, N, Q, S, D, ctx.scale,
-            HAS_CK=ctx.has_ck, HAS_DCOS=has_dcos, PRECISION=_precision(q), **blocks)
-        dck_out = dck.to(q.dtype) if ctx.has_ck and has_dcos else None
-        return dq.to(q.dtype), dk.to(q.dtype), dv.to(q.dtype), dck_out, None, None
+        dq = torch.zeros(B, Q, D, dtype=torch.float32, device=q.device)
+        dk = torch.empty(B, N, S, D, dtype=q.dtype, device=q.device)
+        dv = torch.empty_like(dk)
+        dck = torch.empty_like(dk) if ctx.has_ck and has_dcos else dk
+        blocks = {**_blocks(Q, S, D), "BLOCK_D": min(BACKWARD_D_CHUNK, max(16, next_pow2(D)))}
+        common = dict(HAS_CK=ctx.has_ck, HAS_DCOS=has_dcos, PRECISION=_precision(q), **blocks)
+        _, bwd_dq, bwd_dkv = compiled_kernels()
+        inputs = (q, k, v, ck, mask, arg, cos, lse, dout, dcos)
+        bwd_dq[(B, -(-Q // blocks["BLOCK_Q"]))](*inputs, dq, N, Q, S, D, ctx.scale, **common)
+        bwd_dkv[(N * -(-D // blocks["BLOCK_D"]), B)](*inputs, dk, dv, dck, N, Q, S, D, ctx.scale, **common)
+        return dq.to(q.dtype), dk, dv, dck if ctx.has_ck and has_dcos else None, None, None
 
 
 def _precision(q: torch.Tensor) -> str:
@@ -159,7 +175,7 @@ def text_cross_attention(
     """q (B, Q, D) queries, k, v (B, N, S, D) word keys and values, word_mask (B, N, S) True =
     real word, cosine_keys (B, N, S, D) or None (= k) -> out (B, Q, D) max-pooled over the N
     captions, cosines (B, N, Q, S)."""
-    if resolve_impl(impl, q.device) == "fused":
+    if resolve_impl(impl, q.device, q.dtype, q.shape[-1]) == "fused":
         return _fused(q, k, v, word_mask, scale, cosine_keys)
     return eager_text_cross_attention(q, k, v, word_mask, scale, cosine_keys)
 

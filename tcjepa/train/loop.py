@@ -23,6 +23,7 @@ from ..config import Config
 from ..data.loader import build_pretrain_loader
 from ..models.jepa import JEPA
 from . import checkpoint as ckpt_io
+from .compile import compile_for_training, drop_compiled_regions
 from .distributed import (
     all_gather_objects,
     all_reduce_mean,
@@ -204,21 +205,22 @@ def train(cfg: Config, max_steps_this_run: Optional[int] = None, on_step: Option
         ckpt_io.restore_rng_state(rng[dist.rank] if len(rng) == dist.world_size else rng[0])
         log.info("resumed from %s at step %d (epoch %d)", resume_path, step, sampler.epoch)
 
-    compiled = torch.compile(wrapped) if cfg.train.compile else wrapped
+    compiled = compile_for_training(wrapped, cfg.train.compile_scope) if cfg.train.compile else None
 
     def forward(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         # torch.compile fails on some stacks (no compiler, unsupported ops, a recompile for a new
         # caption length): fall back to eager once, with a warning, instead of losing the run.
         nonlocal compiled
+        if compiled is None:
+            return wrapped(**model_inputs(batch))
         try:
             return compiled(**model_inputs(batch))
         except Exception as e:
-            if compiled is wrapped:
-                raise
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             log.warning("torch.compile failed at step %d (%s: %s); continuing in eager mode",
                         step, type(e).__name__, first[:300])
-            compiled = wrapped
+            compiled = None
+            drop_compiled_regions(wrapped)
             return wrapped(**model_inputs(batch))
 
     logger = MetricsLogger(out_dir, enabled=dist.is_main, tensorboard=cfg.train.tensorboard, resume_step=step)

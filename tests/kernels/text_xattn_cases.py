@@ -83,7 +83,8 @@ CASES = {  # S, Q and D are not powers of two; every case has padded words and a
     "centered_keys": dict(B=2, Q=13, N=3, S=5, keys="centered"),
     "one_caption": dict(B=2, Q=11, N=1, S=6),
     "eight_captions": dict(B=2, Q=9, N=8, S=7),
-    "batch_1": dict(B=1, Q=21, N=2, S=3),
+    "batch_1": dict(B=1, Q=21, N=2, S=3, D=72),  # D > 64: the backward's D chunks, the last one partial
+    "two_token_blocks": dict(B=1, Q=70, N=2, S=3),  # 64 tokens per program: two add into each word
 }
 
 
