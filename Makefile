@@ -49,7 +49,7 @@ test-fast: $(STAMP)
 lock:
 	test -x $(LOCK_TOOL)/bin/uv || { $(PYTHON) -m venv $(LOCK_TOOL) && \
 		$(LOCK_TOOL)/bin/python $(PIP_LOCKED) -r requirements/lock-tool.txt; }
-	$(LOCK_TOOL)/bin/uv pip compile pyproject.toml requirements/mm.in --extra dev \
+	$(LOCK_TOOL)/bin/uv pip compile --quiet pyproject.toml requirements/mm.in --extra dev \
 		--generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
 		--custom-compile-command "make lock" $(LOCK_ARGS) -o $(LOCK)
 
