@@ -5,13 +5,12 @@
 from __future__ import annotations
 
 import copy
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..config import Config
+from ..data.batch import JEPABatch
 from ..train.optim import ema_update
 from .predictor import Predictor, PredictorOutput
 from .regularizers import grounding_terms
@@ -75,32 +74,18 @@ class JEPA(nn.Module):
         B, M, Kt = target_idx.shape
         return gather_tokens(h, target_idx.reshape(B, M * Kt)).reshape(B, M, Kt, -1)
 
-    def predict(
-        self,
-        images: torch.Tensor,
-        context_idx: torch.Tensor,
-        target_idx: torch.Tensor,
-        context_valid: Optional[torch.Tensor] = None,
-        text: Optional[torch.Tensor] = None,
-        text_mask: Optional[torch.Tensor] = None,
-        return_attention: bool = False,
-    ) -> PredictorOutput:
-        z = self.encoder.forward_features(images, context_idx, context_valid)
-        return self.predictor(z, context_idx, target_idx, context_valid, text, text_mask, return_attention)
+    def predict(self, batch: JEPABatch, return_attention: bool = False) -> PredictorOutput:
+        """Context encoder on the batch's context patches, then the predictor (with the
+        batch's words when the model has text)."""
+        z = self.encoder.forward_features(batch.images, batch.context_idx, batch.context_valid)
+        return self.predictor(z, batch.context_idx, batch.target_idx, batch.context_valid, batch.text,
+                              batch.word_mask, return_attention)
 
-    def forward(
-        self,
-        images: torch.Tensor,
-        context_idx: torch.Tensor,
-        target_idx: torch.Tensor,
-        context_valid: Optional[torch.Tensor] = None,
-        text: Optional[torch.Tensor] = None,
-        text_mask: Optional[torch.Tensor] = None,
-    ) -> dict[str, torch.Tensor]:
+    def forward(self, batch: JEPABatch) -> dict[str, torch.Tensor]:
         if not self.text_enabled:
-            text = text_mask = None  # I-JEPA: captions in the batch are simply unused
-        target = self.targets(images, target_idx)
-        out = self.predict(images, context_idx, target_idx, context_valid, text, text_mask)
+            batch = batch.with_text(None, None)  # I-JEPA: captions in the batch are simply unused
+        target = self.targets(batch.images, batch.target_idx)
+        out = self.predict(batch)
         loss_pred = prediction_loss(out.pred, target, self.cfg.loss.pred_loss)
         stats = {"loss_pred": loss_pred.detach(), "target_std": token_spread(target).detach()}
         loss = loss_pred
