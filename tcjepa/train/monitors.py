@@ -18,7 +18,8 @@ from typing import Any, Optional
 import torch
 
 from ..data.batch import JEPABatch
-from ..models.jepa import JEPA, prediction_loss, token_spread
+from ..models.jepa import JEPA
+from ..models.losses import prediction_loss, token_spread
 from .checkpoint import atomic_write
 from .distributed import unsharded
 

@@ -4,7 +4,8 @@ import torch.nn.functional as F
 
 from tcjepa.config import load_config
 from tcjepa.data.batch import JEPABatch
-from tcjepa.models.jepa import JEPA, prediction_loss, token_spread
+from tcjepa.models.jepa import JEPA
+from tcjepa.models.losses import prediction_loss, token_spread
 
 TINY = ["model.encoder=vit_pico", "model.patch_size=8", "data.image_size=32", "model.predictor_depth=2",
         "model.predictor_width=32", "model.predictor_heads=2", "text.dim=12"]
