@@ -150,6 +150,7 @@ def run_captions(job: CaptionJob) -> dict | None:
     if complete:
         print(f"captions: {job.out} is already complete with these settings; nothing to do")
         return None
+    output.lock(rank)
     done = output.done_chunks()
     mine = [c for c in range(output.num_chunks) if c % world == rank and c not in done]
     if done:

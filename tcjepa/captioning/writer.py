@@ -89,6 +89,19 @@ class CaptionOutput:
             atomic_write(self.work / "settings.json", json.dumps(self.settings, indent=2).encode())
         return False
 
+    def lock(self, rank: int) -> None:
+        """Refuse a second run writing as the same rank into ``out`` (the OS drops the lock when
+        this process ends, however it ends)."""
+        import fcntl
+
+        self.work.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.work / f"rank-{rank}.lock", "w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DataError(f"{self.out}: another captioning run is writing here (as rank {rank}); wait for it "
+                            "to finish or stop it first") from None
+
     def chunk_path(self, chunk: int) -> Path:
         return self.work / f"chunk-{chunk:06d}.jsonl"
 
