@@ -77,10 +77,10 @@ def job_settings(job: CaptionJob, source: Source, family: str, prompts: tuple[st
 def _barrier(world: int) -> None:
     import torch.distributed as dist
 
-    if world > 1:
-        if not dist.is_initialized():
-            dist.init_process_group("gloo")
+    if world > 1:  # the one collective of a job: chunks are handed out by index, merged from files
+        dist.init_process_group("gloo")
         dist.barrier()
+        dist.destroy_process_group()
 
 
 def _caption_chunks(job: CaptionJob, output: CaptionOutput, chunks: list[int], prompts: tuple[str, ...],

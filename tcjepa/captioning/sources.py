@@ -14,6 +14,8 @@ from torch.utils.data import DataLoader, Dataset
 from tcjepa.data.captions import IMAGE_EXTENSIONS, SKIP_HINT, _scan_shard, decode_image
 from tcjepa.data.errors import DataError
 
+# Pictures caption-stats writes beside the captions: not input when --out is the image folder.
+OUR_IMAGES = {"caption_stats.png"}
 SKIP_BAD_HINT = "fix or remove it, or pass --skip-bad to skip and count bad images"
 
 
@@ -58,7 +60,7 @@ def _image_files(base: Path, root: Path) -> list[str]:
     for folder, dirs, files in os.walk(base, followlinks=True):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # skips our own .captions-work
         names += [(Path(folder) / f).relative_to(root).as_posix() for f in files
-                  if not f.startswith(".") and _is_image(Path(f))]
+                  if not f.startswith(".") and _is_image(Path(f)) and f not in OUR_IMAGES]
     return sorted(names)
 
 
