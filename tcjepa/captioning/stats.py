@@ -78,7 +78,7 @@ def plot_stats(stats: dict, out_png: Path, source: str) -> Path:
     axes[0].set(title="words per caption", xlabel="words", ylabel="captions")
     hist = stats["per_image"]["histogram"]
     axes[1].bar(list(hist), list(hist.values()), color="tab:orange")
-    axes[1].set(title="captions per image", xlabel="captions", ylabel="images")
+    axes[1].set(title="captions per image", xlabel="captions", ylabel="images", xticks=list(hist))
     fig.suptitle(source)
     fig.tight_layout()
     fig.savefig(out_png, dpi=100)
