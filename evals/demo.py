@@ -205,14 +205,12 @@ def untrained_checkpoint(cfg, path: Path) -> Path:
     import torch
 
     from tcjepa.models.jepa import JEPA
-    from tcjepa.train.checkpoint import save_checkpoint
+    from tcjepa.train.checkpoint import Checkpointer
+    from tcjepa.train.checkpoint_parts import ModelWeights
 
     torch.manual_seed(cfg.train.seed)
     model = JEPA(cfg)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(path, {"target_encoder": model.target_encoder.state_dict(), "encoder": model.encoder.state_dict(),
-                           "config": cfg.to_dict(), "step": 0, "epoch": 0})
-    return path
+    return Checkpointer(path.parent, [ModelWeights(model)], config=cfg.to_dict()).write(path, step=0, epoch=0)
 
 
 # ----------------------------------------------------------------------------- evaluation

@@ -141,7 +141,7 @@ def _fsdp_jepa_worker(info):
     from tcjepa.config import load_config
     from tcjepa.data.masks import MultiBlockMaskCollator
     from tcjepa.models.jepa import JEPA
-    from tcjepa.train.loop import model_inputs
+    from tcjepa.train.trainer import model_inputs
 
     cfg = load_config(None, ["model.encoder=vit_pico", "model.patch_size=8", "data.image_size=64",
                              "model.predictor_depth=3", "model.predictor_width=32", "model.predictor_heads=2",
