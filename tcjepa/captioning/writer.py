@@ -7,7 +7,6 @@ order alone, so a restart, with any number of ranks, finds the same chunks. When
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -16,6 +15,8 @@ from collections import Counter
 from pathlib import Path
 
 from tcjepa.data.errors import DataError
+from tcjepa.data.wds import _add_member
+from tcjepa.train.checkpoint import atomic_write
 
 from .sources import Source
 
@@ -24,17 +25,14 @@ META_FILE = "captions_meta.json"
 CAPTIONS_FILE = "captions.jsonl"
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _write_bytes(path: Path, data: bytes) -> None:
+    atomic_write(path, lambda f: f.write(data))
 
 
 def _settings_difference(old: dict, new: dict) -> str:
-    for key in sorted(set(old) | set(new)):
+    if old.get("inputs") == new.get("inputs") and old.get("input_fingerprint") != new.get("input_fingerprint"):
+        return "input_fingerprint: other image names or order"
+    for key in ["inputs", *sorted(set(old) | set(new))]:
         if old.get(key) != new.get(key):
             a, b = (str(x)[:60] for x in (old.get(key), new.get(key)))
             return f"{key}: {a} -> {b}"
@@ -86,7 +84,7 @@ class CaptionOutput:
             self._check_settings(self.work / "settings.json")
         elif is_main:
             self.work.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.work / "settings.json", json.dumps(self.settings, indent=2).encode())
+            _write_bytes(self.work / "settings.json", json.dumps(self.settings, indent=2).encode())
         return False
 
     def lock(self, rank: int) -> None:
@@ -115,7 +113,7 @@ class CaptionOutput:
         """records: per input image in order, {"captions": [...]} or {"skipped": error}."""
         lines = [json.dumps({"chunk": chunk, "counts": dict(counts)})]
         lines += [json.dumps({"index": i, **r}, ensure_ascii=False) for i, r in zip(self.chunk_range(chunk), records)]
-        atomic_write(self.chunk_path(chunk), ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape"))
+        _write_bytes(self.chunk_path(chunk), ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape"))
 
     def read_chunk(self, chunk: int) -> tuple[Counter, list[dict]]:
         lines = self.chunk_path(chunk).read_text(encoding="utf-8", errors="surrogateescape").splitlines()
@@ -146,21 +144,18 @@ class CaptionOutput:
         prefix = self._image_prefix()
         lines = [json.dumps({"image": prefix + self.source.names[i], "captions": caps}, ensure_ascii=False)
                  for i, caps in records]
-        atomic_write(self.out / CAPTIONS_FILE, ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape"))
+        _write_bytes(self.out / CAPTIONS_FILE, ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape"))
 
     def _write_shards(self, records: list[tuple[int, list[str]]]) -> None:
         by_shard: dict[int, list[tuple[int, list[str]]]] = {}
         for i, caps in records:
             by_shard.setdefault(self.source.samples[i].shard, []).append((i, caps))
         for shard_id, shard in enumerate(self.source.shards):
-            tmp = self.out / (shard.name + ".tmp")
-            with open(shard, "rb") as src, open(tmp, "wb") as dst:
-                with tarfile.open(fileobj=dst, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+            def write(dst, shard_id=shard_id, shard=shard):
+                with open(shard, "rb") as src, tarfile.open(fileobj=dst, mode="w", format=tarfile.USTAR_FORMAT) as tf:
                     for i, caps in by_shard.get(shard_id, []):
                         _copy_sample(src, tf, self.source.samples[i], caps, self.source.names[i])
-                dst.flush()
-                os.fsync(dst.fileno())
-            os.replace(tmp, self.out / shard.name)
+            atomic_write(self.out / shard.name, write)
 
     def finish(self, extra_meta: dict) -> dict:
         """Merge every chunk in input order, write the meta file, drop the work folder."""
@@ -185,15 +180,9 @@ class CaptionOutput:
                 "captions": sum(len(c) for _, c in kept), "captions_per_image": dict(sorted(per_image.items())),
                 "skipped_bad": len(skipped), "without_captions": len(without), "counts": dict(counts),
                 "skipped_examples": skipped[:100], "without_captions_examples": without[:100]}
-        atomic_write(self.out / META_FILE, json.dumps(meta, indent=2, ensure_ascii=False).encode())
+        _write_bytes(self.out / META_FILE, json.dumps(meta, indent=2, ensure_ascii=False).encode())
         shutil.rmtree(self.work, ignore_errors=True)
         return meta
-
-
-def _add_member(tf: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mode, info.mtime = len(data), 0o644, 0
-    tf.addfile(info, io.BytesIO(data))
 
 
 def _copy_sample(src, tf: tarfile.TarFile, sample, captions: list[str], where: str) -> None:

@@ -42,11 +42,17 @@ def test_bad_image_stops_the_run_by_name_or_is_skipped_and_counted(scenes, model
     assert main(captions_args(images, models["git"], tmp_path / "a")) == 2
     line = error_line(capsys)
     assert "0000003.jpg: cannot decode image" in line and "pass --skip-bad" in line
-    assert main(captions_args(images, models["git"], tmp_path / "a", "--skip-bad")) == 0
-    records = [json.loads(ln) for ln in (tmp_path / "a" / "captions.jsonl").read_text().splitlines()]
-    assert len(records) == 7 and "images/0000003.jpg" not in {r["image"] for r in records}
-    meta = json.loads((tmp_path / "a" / "captions_meta.json").read_text())
-    assert meta["skipped_bad"] == 1 and "0000003.jpg" in meta["skipped_examples"][0]
+    (images / "0000009.jpg").symlink_to(tmp_path / "gone.jpg")  # listed, but missing when read
+    assert main(captions_args(images, models["git"], tmp_path / "b")) == 2
+    assert "0000003.jpg: cannot decode image" in error_line(capsys)  # the first bad one stops the run
+    assert main(captions_args(images, models["git"], tmp_path / "a", "--skip-bad")) == 2  # other inputs now
+    assert "(inputs: 8 -> 9)" in error_line(capsys)
+    assert main(captions_args(images, models["git"], tmp_path / "c", "--skip-bad")) == 0
+    records = [json.loads(ln) for ln in (tmp_path / "c" / "captions.jsonl").read_text().splitlines()]
+    assert len(records) == 7 and {"images/0000003.jpg", "images/0000009.jpg"}.isdisjoint(r["image"] for r in records)
+    meta = json.loads((tmp_path / "c" / "captions_meta.json").read_text())
+    assert meta["skipped_bad"] == 2 and meta["images"] == 9
+    assert "0000003.jpg" in meta["skipped_examples"][0] and "0000009.jpg: image not found" in meta["skipped_examples"][1]
 
 
 @pytest.mark.parametrize("change,message", [
