@@ -5,8 +5,8 @@
     tcjepa-data from-wds --shards 'data/shards/shard-{000000..000009}.tar' --out data/scenes2
     tcjepa-data masks --config configs/cpu/tiny.yaml --out masks.png
     tcjepa-data text-cache --data data/scenes ...
-    tcjepa-data captions --images photos/ --model models/blip --out data/photos --per-image 8
-    tcjepa-data caption-stats --data data/photos
+    tcjepa-data captions --images data/scenes/images/train --model models/random-blip --out data/captioned
+    tcjepa-data caption-stats --data data/captioned
 
 User errors (bad data, bad config) print one line to stderr and exit with status 2.
 """

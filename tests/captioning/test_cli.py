@@ -70,3 +70,14 @@ def test_user_errors_are_one_line_and_exit_2(scenes, models, tmp_path, capsys, c
     args = captions_args(scenes / "images" / "train", models["blip"], tmp_path / "out", *change)
     assert main(args) == 2
     assert message in error_line(capsys)
+
+
+def test_imagenet_tree_captioned_in_place_keeps_paths_relative_to_the_root(scenes, models, tmp_path, captions_args):
+    root = tmp_path / "imagenet"
+    shutil.copytree(scenes / "imagenet", root)
+    args = captions_args(root, models["blip-2"], root, "--split", "val")
+    args[1] = "--imagenet"
+    assert main(args) == 0
+    dataset = CaptionedImageFolder(root, num_captions=3)
+    expected = sorted(p.relative_to(root).as_posix() for p in (root / "val").glob("*/*.JPEG"))
+    assert [r.image for r in dataset.records] == expected and not (root / "images").exists()
