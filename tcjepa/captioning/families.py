@@ -46,6 +46,11 @@ def detect_family(path: str | Path) -> tuple[str, Any]:
                     "image-text-to-text (chat VLM, e.g. LLaVA) model folder")
 
 
+def _field(size, key: str):
+    """A key of an image processor's size: a dict in older transformers, a SizeDict in newer."""
+    return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+
+
 def _decode(tokenizer, sequences: torch.Tensor) -> list[str]:
     return [" ".join(t.split()) for t in tokenizer.batch_decode(sequences, skip_special_tokens=True)]
 
@@ -69,6 +74,16 @@ class Captioner:
     @property
     def prompt_kind(self) -> str:
         return PROMPT_KIND[self.family]
+
+    def decode_side(self) -> int | None:
+        """Twice the model's fixed input side (so resizing still only shrinks), or None when the
+        processor sizes images by content (pixel budgets, longest edge): then they decode in full."""
+        ip = self.processor.image_processor
+        sizes = [d for d in (getattr(ip, "size", None), getattr(ip, "crop_size", None)) if d is not None]
+        if any(_field(d, k) for d in sizes for k in ("min_pixels", "max_pixels", "longest_edge", "max_height")):
+            return None
+        sides = [v for d in sizes for k in ("height", "width", "shortest_edge") if isinstance(v := _field(d, k), int)]
+        return 2 * max(sides) if sides and max(sides) <= 1024 else None
 
     def _inputs(self, images: Sequence, prompt: str) -> dict:
         n = len(images)

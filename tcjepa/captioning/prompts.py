@@ -54,7 +54,11 @@ def load_prompts(path: str | Path | None = None) -> PromptSet:
     if unknown:
         raise DataError(f"{path}: unknown key(s) {', '.join(unknown)}; expected instructions, prefixes, blip2_template")
     template = data.get("blip2_template", "Question: {prompt} Answer:")
-    if not isinstance(template, str) or "{prompt}" not in template:
-        raise DataError(f"{path}: blip2_template must be a string containing {{prompt}}, got {template!r}")
+    try:
+        if "{prompt}" not in template or "\0" not in template.format(prompt="\0"):
+            raise ValueError
+    except (AttributeError, TypeError, ValueError, KeyError, IndexError):
+        raise DataError(f"{path}: blip2_template must be a string with one {{prompt}} field and no other braces, "
+                        f"got {template!r}") from None
     return PromptSet(_string_list(data, "instructions", path, allow_empty_item=False),
                      _string_list(data, "prefixes", path, allow_empty_item=True), template)

@@ -95,7 +95,7 @@ def _caption_chunks(job: CaptionJob, output: CaptionOutput, chunks: list[int], p
     pending = {c: ([], Counter(), len(output.chunk_range(c))) for c in chunks}
     chunk_of = {i: c for c in chunks for i in output.chunk_range(c)}
     try:
-        for batch in image_batches(output.source, batches, workers):
+        for batch in image_batches(output.source, batches, workers, captioner.decode_side()):
             chunk = chunk_of[batch[0]["index"]]
             records, counts, size = pending[chunk]
             good = [item for item in batch if item["error"] is None]

@@ -65,3 +65,6 @@ def test_default_prompts_and_bad_prompt_files(tmp_path):
     custom.write_text("instructions: [a]\nprefixes: ['']\nquestions: [b]\n")
     with pytest.raises(DataError, match=r"unknown key\(s\) questions"):
         load_prompts(custom)
+    custom.write_text("instructions: [a]\nprefixes: ['']\nblip2_template: 'Q: {prompt} {answer}'\n")
+    with pytest.raises(DataError, match=r"blip2_template must be a string with one \{prompt\} field"):
+        load_prompts(custom)

@@ -48,3 +48,17 @@ def test_chat_model_without_chat_template_is_refused(models, tmp_path):
     (broken / "chat_template.jinja").unlink()
     with pytest.raises(DataError, match=r"'llava' chat model has no chat template"):
         load_captioner(broken, device="cpu")
+
+
+def test_large_jpegs_decode_at_a_reduced_scale_that_still_covers_the_model_input(models, tmp_path):
+    import numpy as np
+
+    from tcjepa.captioning.sources import DecodedImages, folder_source
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (768, 1024, 3), dtype=np.uint8)).save(tmp_path / "big.jpg", quality=90)
+    side = load_captioner(models["blip"], device="cpu").decode_side()
+    assert side == 64  # twice the tiny BLIP's 32 px input
+    source = folder_source(tmp_path)
+    assert DecodedImages(source, min_side=side)[0]["image"].size == (128, 96)  # 1/8 scale: both sides >= 64
+    assert DecodedImages(source)[0]["image"].size == (1024, 768)
