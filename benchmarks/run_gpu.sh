@@ -53,6 +53,8 @@ for v in ijepa tc_n8_xattn; do  # H200: I-JEPA compiled in ~85 s; TC-JEPA N=8 to
 done
 # 6. Numerics: bf16 vs fp32 loss curves, compiled vs eager, small model.
 stage numerics 120 "$PY" -m benchmarks.numerics --device cuda --model vit_small --steps 200 --out "$OUT"
+# 6b. Captioning throughput (tcjepa-data captions) with base-size random-weight BLIP and LLaVA in bf16.
+stage captioning 180 "$PY" -m benchmarks.captioning --device cuda --size base --families blip,llava --out "$OUT"
 # 7. Longer leases: the largest batch per variant that fits in 90% of the GPU.
 if [[ "${FILL:-0}" == 1 ]]; then
   stage fill 600 "$PY" -m benchmarks.train_step --device cuda --models vit_large,vit_huge --variants ijepa,tc_n8_xattn --batch-size fill --out "$OUT" --tag fill
