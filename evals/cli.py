@@ -18,6 +18,7 @@ import sys
 from typing import Optional, Sequence
 
 from evals.backbones import BackboneSpec, UserError, available_backbones, build_backbone, describe_backbones
+from evals.distributed import init_from_env
 
 DENSE_PROTOCOLS = {
     "ade20k": ("evals.segmentation.protocol", "ADE20k linear segmentation (mIoU / aAcc)", "ade20k_linear",
@@ -98,6 +99,7 @@ def cmd_linear(args) -> int:
     from evals.features import extract_features
     from evals.linear import linear_probe, logreg_probe
 
+    world, args.device = init_from_env(args.device)  # under torchrun: every rank extracts its share
     spec, backbone = backbone_from_args(args)
     transform = eval_transform(backbone.image_size, backbone.mean, backbone.std, args.crop_fraction)
     train = ImageNetFolder(args.data, "train", transform)
@@ -106,6 +108,8 @@ def cmd_linear(args) -> int:
     common = dict(batch_size=args.batch_size, num_workers=args.workers, device=args.device)
     f_train = extract_features(backbone, train, cache, desc="train", **common)
     f_val = extract_features(backbone, val, cache, desc="val", **common)
+    if not world.is_main:  # the probes are cheap: rank 0 trains them from the shared cache
+        return 0
     info = backbone_info(spec, backbone)
     data = {"data": str(args.data), "num_classes": len(train.classes), "crop_fraction": args.crop_fraction,
             "feature_cache": {"train": f_train.meta["key"], "val": f_val.meta["key"]},
