@@ -155,8 +155,11 @@ def make_dense_command(name: str):
 
     def run(args) -> int:
         module = load_protocol(module_name)
+        world, args.device = init_from_env(args.device)  # under torchrun: one rank per GPU
         spec, backbone = backbone_from_args(args)
         result = module.run(backbone, args)
+        if not world.is_main:  # every rank returns the same numbers; rank 0 records them
+            return 0
         metrics, primary, settings = split_protocol_result(result, primary_choices)
         write_record(args, dict(method=method_name(args, spec), backbone_info=backbone_info(spec, backbone),
                                 pretraining_data=args.pretraining_data, task=result.get("task", task),

@@ -61,6 +61,11 @@ def add_segmentation_arguments(parser: argparse.ArgumentParser, title: str, data
                    help="torch device (default: %(default)s)")
     g.add_argument("--num-workers", type=int, default=0, help="data-loading workers (default: 0)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    g.add_argument("--checkpoint-every", type=int, default=1000,
+                   help="with --out: save the head's training state every N iterations (default: 1000)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the head training from the checkpoint under --out (torch: torch/head_last.pt, "
+                        "mmseg: mmengine's last checkpoint)")
     g.add_argument("--out", default=None,
                    help="folder for this run's <task>_metrics.json and, under mmseg/, the mmseg logs and checkpoint "
                         "(default: mmseg uses a temporary folder; nothing is written by torch)")
@@ -72,7 +77,8 @@ def settings_from_args(args: argparse.Namespace) -> SegmentationSettings:
         crop_size=args.crop_size, stride=args.stride or max(args.crop_size * 2 // 3, 1), layers=args.layers,
         iters=args.iters, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         warmup_iters=args.warmup_iters, max_cache_gb=args.max_cache_gb, seed=args.seed, device=args.device,
-        num_workers=args.num_workers,
+        num_workers=args.num_workers, checkpoint_every=args.checkpoint_every, resume=args.resume,
+        work_dir=str(Path(args.out) / args.engine) if args.out else None,
     )
 
 
@@ -88,8 +94,7 @@ def run(backbone: Backbone, args: argparse.Namespace) -> dict:
             from evals.segmentation.mmseg_adapter import run_mmseg_segmentation
         except ImportError as e:
             raise UserError(f"--engine mmseg: {e}") from None
-        work_dir = str(Path(args.out) / "mmseg") if args.out else None
-        metrics = run_mmseg_segmentation(backbone, train_set, val_set, settings, work_dir=work_dir)
+        metrics = run_mmseg_segmentation(backbone, train_set, val_set, settings, work_dir=settings.work_dir)
     metrics["protocol"] = protocol_record(
         backbone, settings, args.engine, train_set, val_set, str(find_ade20k_root(args.data)),
         "ade20k_linear_segmentation", LABEL_REDUCTION if reduce else "none", metrics.pop("engine_settings", {}))
