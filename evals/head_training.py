@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from evals.backbones.base import CheckpointError
 from evals.distributed import World
 from tcjepa.train.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 
@@ -30,14 +31,17 @@ def autocast(device: str):
     return contextlib.nullcontext()
 
 
-def data_parallel(module: nn.Module, world: World, device: str) -> nn.Module:
-    """``module`` in DDP when there are several ranks (BatchNorm synchronised on CUDA)."""
+def data_parallel(module: nn.Module, world: World, device: str, find_unused: bool = False) -> nn.Module:
+    """``module`` in DDP when there are several ranks (BatchNorm synchronised on CUDA).
+    ``find_unused``: some parameters may get no gradient in a step (a detector's mask head
+    on a batch without positive RoIs)."""
     if world.size == 1:
         return module
     if torch.device(device).type == "cuda":
         module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
-        return nn.parallel.DistributedDataParallel(module, device_ids=[torch.device(device).index])
-    return nn.parallel.DistributedDataParallel(module)
+        return nn.parallel.DistributedDataParallel(module, device_ids=[torch.device(device).index],
+                                                   find_unused_parameters=find_unused)
+    return nn.parallel.DistributedDataParallel(module, find_unused_parameters=find_unused)
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -55,11 +59,28 @@ def all_reduce_sum(tensor: torch.Tensor, world: World, device: str = "cpu") -> t
 
 
 class HeadCheckpoint:
-    """Save every ``every`` steps (and at the end) into ``folder``; ``None`` folder: never."""
+    """Save every ``every`` steps (and at the end) into ``folder``; ``None`` folder: never.
 
-    def __init__(self, folder: Optional[str | Path], every: int, world: World):
+    Weights under ``frozen_prefix`` (a frozen backbone inside the trained module) are left
+    out: they are the pretrained ones, and for a ViT-H they would be a gigabyte per save."""
+
+    def __init__(self, folder: Optional[str | Path], every: int, world: World, frozen_prefix: Optional[str] = None):
         self.path = Path(folder) / CHECKPOINT_NAME if folder else None
-        self.every, self.world = max(int(every), 1), world
+        self.every, self.world, self.frozen_prefix = max(int(every), 1), world, frozen_prefix
+
+    def _trained_weights(self, head: nn.Module) -> dict:
+        state = unwrap(head).state_dict()
+        return {k: v for k, v in state.items() if not (self.frozen_prefix and k.startswith(self.frozen_prefix))}
+
+    def _load_weights(self, head: nn.Module, weights: dict) -> None:
+        if not self.frozen_prefix:
+            unwrap(head).load_state_dict(weights)
+            return
+        missing, unexpected = unwrap(head).load_state_dict(weights, strict=False)
+        wrong = unexpected + [k for k in missing if not k.startswith(self.frozen_prefix)]
+        if wrong:
+            raise CheckpointError(f"{self.path}: does not fit this head (keys {wrong[:5]}); "
+                                  "drop --resume or use another --out")
 
     def restore(self, head: nn.Module, optimizer, scheduler, generator: Optional[torch.Generator],
                 rng: Optional[random.Random]) -> int:
@@ -67,7 +88,7 @@ class HeadCheckpoint:
         if self.path is None or not self.path.exists():
             return 0
         state = load_checkpoint(self.path)
-        unwrap(head).load_state_dict(state["head"])
+        self._load_weights(head, state["head"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if generator is not None:
@@ -85,7 +106,7 @@ class HeadCheckpoint:
             return
         version, internal, gauss = rng.getstate() if rng is not None else (0, (), None)
         save_checkpoint(self.path, {
-            "step": step, "head": unwrap(head).state_dict(), "optimizer": optimizer.state_dict(),
+            "step": step, "head": self._trained_weights(head), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "generator": generator.get_state() if generator is not None else torch.zeros(0, dtype=torch.uint8),
             "python_rng": [version, list(internal), gauss], "global_rng": capture_rng_state(),
