@@ -23,6 +23,8 @@ from evals.distributed import init_from_env
 DENSE_PROTOCOLS = {
     "ade20k": ("evals.segmentation.protocol", "ADE20k linear segmentation (mIoU / aAcc)", "ade20k_linear",
                ("mIoU", "aAcc")),
+    "ade20k-ft": ("evals.segmentation.finetune_protocol", "ADE20k fine-tuning with UperNet, MMSegmentation (mIoU)",
+                  "ade20k_ft", ("mIoU", "aAcc")),
     "voc": ("evals.segmentation.voc_protocol", "Pascal VOC 2012 linear segmentation (mIoU / aAcc)", "voc_linear",
             ("mIoU", "aAcc")),
     "coco": ("evals.detection.protocol", "COCO detection with a simple feature pyramid (box / mask AP)", "coco_det",

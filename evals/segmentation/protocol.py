@@ -30,19 +30,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="keep label 0 as a class (ADE20k ignores it; only for trees without 'other')")
 
 
+ENGINE_HELP = {"torch": "torch: pure-torch engine, no mm stack",
+               "mmseg": "mmseg: MMSegmentation Runner (needs scripts/install_mm.sh)"}
+
+
 def add_segmentation_arguments(parser: argparse.ArgumentParser, title: str, data_help: str,
-                               engines: tuple[str, ...]) -> argparse._ArgumentGroup:
-    """The options every linear segmentation protocol shares (head, schedule, crops)."""
+                               engines: tuple[str, ...], iters: int = 40000, lr: float = 1e-3,
+                               weight_decay: float = 1e-4) -> argparse._ArgumentGroup:
+    """The options every segmentation protocol shares (schedule, crops, checkpoints); the
+    defaults given are the protocol's own."""
     g = parser.add_argument_group(title)
     g.add_argument("--data", required=True, help=data_help)
-    g.add_argument("--engine", choices=engines, default="torch",
-                   help="torch: pure-torch engine, no mm stack"
-                        + ("; mmseg: MMSegmentation Runner (needs scripts/install_mm.sh)" if "mmseg" in engines else "")
-                        + " (default: torch)")
-    g.add_argument("--iters", type=int, default=40000, help="head training iterations (default: 40000)")
+    g.add_argument("--engine", choices=engines, default=engines[0],
+                   help="; ".join(ENGINE_HELP[e] for e in engines) + " (default: %(default)s)")
+    g.add_argument("--iters", type=int, default=iters, help="training iterations (default: %(default)s)")
     g.add_argument("--batch-size", type=int, default=16, help="training crops per iteration (default: 16)")
-    g.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate of the head (default: 1e-3)")
-    g.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default: 1e-4)")
+    g.add_argument("--lr", type=float, default=lr, help="AdamW learning rate of the head (default: %(default)s)")
+    g.add_argument("--weight-decay", type=float, default=weight_decay, help="AdamW weight decay (default: %(default)s)")
     g.add_argument("--warmup-iters", type=int, default=1500,
                    help="linear warmup iterations, capped at iters/10 (default: 1500)")
     g.add_argument("--crop-size", type=int, default=512,
