@@ -4,6 +4,7 @@
                           (protocol 2 dicts with bytes keys, a uint8 (N, 3072) ``data`` array)
     write_inat2018(out)   out/train2018.json, val2018.json, categories.json and
                           train_val2018/<supercategory>/<category id>/<hash>.jpg
+    write_transfer_sets(out)  all three: out/cifar-100-python, out/inat2018, out/VOCdevkit
     write_voc2012(out)    out/VOCdevkit/VOC2012/{JPEGImages, SegmentationClass (palette PNGs,
                           255 on object borders), ImageSets/Segmentation/{train,val}.txt}
                           + classes.json (generated trees have 7 classes, not VOC's 21)
@@ -129,3 +130,17 @@ def write_voc2012(out: str | Path, train: int = 16, val: int = 8, seed: int = 0,
         (voc / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
     (voc / "classes.json").write_text(json.dumps({"classes": ["background", *SHAPES]}))
     return Path(out)
+
+
+def write_transfer_sets(out: str | Path, train: int = 200, val: int = 100, seed: int = 0, size: int = 64) -> dict:
+    """CIFAR-100, iNat2018 and VOC 2012 trees of generated scenes under ``out``; their roots."""
+    from tcjepa.data.errors import DataError
+
+    if train < 1 or val < 1:
+        raise DataError(f"--train and --val must be >= 1, got train={train} val={val}")
+    if size < 32:
+        raise DataError(f"--image-size must be >= 32 px, got {size}")
+    out = Path(out)
+    return {"cifar100": write_cifar100(out, train, val, seed),
+            "inat18": write_inat2018(out / "inat2018", train, val, seed, size),
+            "voc": write_voc2012(out, train, val, seed, size)}
