@@ -110,3 +110,13 @@ def test_cifar100_inat_and_voc_reach_their_table_columns(tmp_path):
     header = [c.strip() for c in table2.splitlines()[2].split("|")]
     cells = [c.strip() for c in measured[0].split("|")]
     assert cells[header.index("iNat18 linear top-1")] and cells[header.index("VOC linear mIoU")]
+
+
+def test_tcjepa_data_transfer_writes_the_three_trees(tmp_path, capsys):
+    from tcjepa.cli.data import main as data_main
+
+    assert data_main(["transfer", "--out", str(tmp_path), "--train", "3", "--val", "2", "--image-size", "32"]) == 0
+    assert len(CIFAR100(tmp_path, "val")) == 2 and len(INat2018(tmp_path / "inat2018", "train")) == 3
+    assert len(VOCSegmentation(tmp_path, "val")) == 2
+    assert data_main(["transfer", "--out", str(tmp_path / "x"), "--train", "0"]) == 2
+    assert "--train" in capsys.readouterr().err
