@@ -19,7 +19,8 @@ from torch import nn
 
 from evals.backbones.base import CheckpointError
 from evals.distributed import World
-from tcjepa.train.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from tcjepa.train.checkpoint import load_checkpoint, save_checkpoint
+from tcjepa.train.rng import capture_rng_state, restore_rng_state
 
 CHECKPOINT_NAME = "head_last.pt"
 
