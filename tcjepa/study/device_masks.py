@@ -20,6 +20,15 @@ from tcjepa.config import ConfigError, MaskConfig
 from tcjepa.data.masks import _MAX_REDRAWS, MultiBlockMaskCollator
 
 
+class MaskGenerator:
+    """A host generator for the block sizes, which decide tensor shapes and so are needed on the
+    host (drawing them on a GPU would cost a device sync each), and a device one for the rest."""
+
+    def __init__(self, seed: int, device: torch.device):
+        self.host = torch.Generator().manual_seed(seed % (1 << 63))
+        self.device = torch.Generator(device=device).manual_seed((seed * 2 + 1) % (1 << 63))
+
+
 class DeviceMaskSampler:
     """``sample(batch_size, generator)`` -> the collator's mask dict, as tensors on ``device``."""
 
@@ -29,16 +38,15 @@ class DeviceMaskSampler:
         self.grid = tuple(grid)
         self.device = torch.device(device)
 
-    def generator(self, seed: int) -> torch.Generator:
-        return torch.Generator(device=self.device).manual_seed(seed % (1 << 63))
+    def generator(self, seed: int) -> "MaskGenerator":
+        return MaskGenerator(seed, self.device)
 
-    def _uniform(self, g: torch.Generator, lo: float, hi: float) -> float:
-        # One scalar on the host: the block size decides tensor shapes, so it is needed there.
-        u = float(torch.rand((), generator=g, device=self.device))
-        return lo + (hi - lo) * u
+    @staticmethod
+    def _uniform(g: "MaskGenerator", lo: float, hi: float) -> float:
+        return lo + (hi - lo) * float(torch.rand((), generator=g.host))
 
     def block_size(self, scale: tuple[float, float], aspect: tuple[float, float],
-                   g: torch.Generator) -> tuple[int, int]:
+                   g: "MaskGenerator") -> tuple[int, int]:
         h, w = self.grid
         s = self._uniform(g, *scale)
         a = self._uniform(g, *aspect)
@@ -47,19 +55,19 @@ class DeviceMaskSampler:
         cols = min(w, max(1, int(round(math.sqrt(area / a)))))
         return rows, cols
 
-    def _blocks(self, g: torch.Generator, n: int, rows: int, cols: int, count: int
+    def _blocks(self, g: "MaskGenerator", n: int, rows: int, cols: int, count: int
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """(n, count, h, w) bool blocks and (n, count) row-major index of each block's corner."""
         h, w = self.grid
-        top = torch.randint(0, h - rows + 1, (n, count), generator=g, device=self.device)
-        left = torch.randint(0, w - cols + 1, (n, count), generator=g, device=self.device)
+        top = torch.randint(0, h - rows + 1, (n, count), generator=g.device, device=self.device)
+        left = torch.randint(0, w - cols + 1, (n, count), generator=g.device, device=self.device)
         r = torch.arange(h, device=self.device)
         c = torch.arange(w, device=self.device)
         in_rows = (r >= top[..., None]) & (r < top[..., None] + rows)
         in_cols = (c >= left[..., None]) & (c < left[..., None] + cols)
         return in_rows[..., :, None] & in_cols[..., None, :], top * w + left
 
-    def sample(self, batch_size: int, g: torch.Generator) -> dict[str, torch.Tensor | None]:
+    def sample(self, batch_size: int, g: "MaskGenerator") -> dict[str, torch.Tensor | None]:
         cfg, (h, w) = self.cfg, self.grid
         t_rows, t_cols = self.block_size(cfg.target_scale, cfg.target_aspect, g)
         c_rows, c_cols = self.block_size(cfg.context_scale, cfg.context_aspect, g)
@@ -87,7 +95,7 @@ class DeviceMaskSampler:
         target_idx = corners[..., None] + block  # (B, M, t_rows * t_cols), row-major
         if cfg.context_truncation == "random":
             keep = int(counts.min())
-            keys = torch.rand(batch_size, h * w, generator=g, device=self.device) + (~context).float()
+            keys = torch.rand(batch_size, h * w, generator=g.device, device=self.device) + (~context).float()
             context_idx = torch.sort(torch.topk(keys, keep, dim=1, largest=False).indices, dim=1).values
             context_valid = None
         else:

@@ -4,8 +4,10 @@ Every batch shares one block size, so statistics are compared through their per-
 values (157 batches of 64). Tolerances: for every patch, the probability that it is in the
 context and the expected number of target blocks covering it, and the mean keep ratio
 (context patches kept / patches), agree within 4.5 standard errors of the difference (two
-samplers from one distribution exceed that with probability ~1e-5 per statistic) and within
-0.05 absolute; the block-size distributions (10k draws each) within a total-variation
+samplers from one distribution exceed that with probability ~1e-5 per statistic; observed
+maxima over four device seeds: 2.6, 2.9, 0.7) and within 0.05 (context coverage), 0.1
+(target coverage, a count of blocks per patch, whose per-batch spread is larger) and 0.02
+(keep ratio) absolute; the block-size distributions (10k draws each) within a total-variation
 distance of 0.03. A sampler with other target scales fails the same check.
 """
 from __future__ import annotations
@@ -40,10 +42,13 @@ def _collect(sample_batch) -> dict[str, np.ndarray]:
     return {"context": np.array(context), "target": np.array(target), "keep": np.array(keep)}
 
 
-def _agree(a: np.ndarray, b: np.ndarray) -> bool:
+ABSOLUTE = {"context": 0.05, "target": 0.1, "keep": 0.02}
+
+
+def _agree(a: np.ndarray, b: np.ndarray, name: str) -> bool:
     se = np.sqrt(a.var(0, ddof=1) / len(a) + b.var(0, ddof=1) / len(b))
     gap = np.abs(a.mean(0) - b.mean(0))
-    return bool(np.all(gap <= 4.5 * se + 1e-12) and np.all(gap < 0.05))
+    return bool(np.all(gap <= 4.5 * se + 1e-12) and np.all(gap < ABSOLUTE[name]))
 
 
 def _samplers(cpu_cfg: MaskConfig, device_cfg: MaskConfig) -> tuple[dict, dict]:
@@ -58,14 +63,14 @@ def test_coverage_and_keep_ratio_match_the_collator(truncation):
     cfg = MaskConfig(**{**DEMO_MASKS.__dict__, "context_truncation": truncation})
     cpu, dev = _samplers(cfg, cfg)
     for name in ("context", "target", "keep"):
-        assert _agree(cpu[name], dev[name]), name
+        assert _agree(cpu[name], dev[name], name), name
 
 
 def test_the_comparison_sees_another_distribution():
     other = MaskConfig(**{**DEMO_MASKS.__dict__, "target_scale": (0.25, 0.3)})
     cpu, dev = _samplers(DEMO_MASKS, other)
-    assert not _agree(cpu["keep"], dev["keep"])
-    assert not _agree(cpu["target"], dev["target"])
+    assert not _agree(cpu["keep"], dev["keep"], "keep")
+    assert not _agree(cpu["target"], dev["target"], "target")
 
 
 def _size_distribution(draw, n: int = 10000) -> Counter:
