@@ -119,8 +119,10 @@ class Grid:
     def done(self, variant: str, seed: int, step: int) -> bool:
         return any(int(r["step"]) == step for r in read_rows(run_dir(self.work, variant, seed) / "eval.csv"))
 
-    def run_all(self) -> int:
-        todo = [t for t in self.tasks() if not self.done(t[1], t[2], self.settings.eval_steps[t[0]])]
+    def run_all(self, until: Optional[int] = None) -> int:
+        """Do every missing task (up to checkpoint step ``until``); returns how many were done."""
+        todo = [t for t in self.tasks() if not self.done(t[1], t[2], self.settings.eval_steps[t[0]])
+                and (until is None or self.settings.eval_steps[t[0]] <= until)]
         self.log(f"{len(todo)} of {len(self.tasks())} tasks to do in {self.work}")
         for k, variant, seed in todo:
             self.run_task(variant, seed, self.settings.eval_steps[k])

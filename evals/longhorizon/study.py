@@ -51,7 +51,8 @@ def cmd_run(args, argv: list[str]) -> int:
 
     settings = _settings(args)
     work = Path(args.work)
-    write_plan(work, settings, args.seeds, args.variants)
+    if args.shard == "0/1":  # the launching process; the workers it spawns find the plan written
+        write_plan(work, settings, args.seeds, args.variants)
     if args.workers > 1:
         return _spawn_workers(args, argv)
     if args.threads:
@@ -59,7 +60,7 @@ def cmd_run(args, argv: list[str]) -> int:
     i, k = (int(x) for x in args.shard.split("/"))
     grid = Grid(work, settings, args.seeds, args.variants, device=args.device, shard=(i, k),
                 heldout=args.heldout, gap_scenes=args.gap_scenes, ckpt_every=args.ckpt_every, log=log)
-    grid.run_all()
+    grid.run_all(args.until)
     return 0
 
 
@@ -108,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--heldout", type=int, default=4000, help="held-out scenes: first half fits the heads")
     run.add_argument("--gap-scenes", type=int, default=512, help="held-out scenes for the caption gap")
     run.add_argument("--ckpt-every", type=int, default=100)
+    run.add_argument("--until", type=int, help="stop after the checkpoints up to this step (e.g. the caption-gap pilot)")
     sub.choices["speed"].add_argument("--steps", type=int, default=5)
     rep = sub.add_parser("report")
     rep.add_argument("--work", required=True)

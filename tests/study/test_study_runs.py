@@ -95,3 +95,7 @@ def test_the_grid_writes_rows_and_resumes(tmp_path, monkeypatch):
     report = write_report(tmp_path, tmp_path / "report")
     assert {r["variant"] for r in report} == {"untrained", "ijepa", "tc_shuffled"}
     assert (tmp_path / "report" / "curves.png").is_file()
+    from evals.longhorizon.study import main
+
+    assert main(["report", "--work", str(tmp_path), "--out", str(tmp_path / "cli")]) == 0
+    assert "tc_shuffled" in (tmp_path / "cli" / "summary.csv").read_text()
