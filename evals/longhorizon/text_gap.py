@@ -52,12 +52,11 @@ def block_losses(run, scenes: SceneBatch, mask_key: int, shuffled: bool) -> tupl
     batch = run.batch(scenes, mask_key, shuffled=shuffled)
     model = run.model
     model.eval()
-    target = model.targets(batch["images"], batch["target_idx"])
-    out = model.predict(batch["images"], batch["context_idx"], batch["target_idx"], batch.get("context_valid"),
-                        batch["text"], batch["text_mask"])
+    target = model.targets(batch.images, batch.target_idx)
+    out = model.predict(batch)
     model.train()
     loss = F.smooth_l1_loss(out.pred.float(), target.float(), reduction="none").mean((-1, -2))
-    return loss, batch["target_idx"]
+    return loss, batch.target_idx
 
 
 def text_gap(run, scenes: SceneBatch, mask_key: int = 10**9, batch_size: int = 64) -> dict[str, float]:

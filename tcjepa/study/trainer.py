@@ -1,8 +1,8 @@
 """One study run: the JEPA model, its optimizer and schedules, fed by device scenes and masks.
 
-The step is the training loop's (``tcjepa.train.loop``): schedules applied, the model's own
-forward and loss on the loop's ``model_inputs``, a finite check, AdamW, EMA update of the
-target encoder. What differs is only where a batch comes from: the scenes of step t are
+The step is the training loop's own ``Trainer.train_step`` (``tcjepa.train.trainer``) on a
+``JEPABatch``: schedules applied, the model's forward and loss, a finite check, AdamW, EMA
+update of the target encoder. What differs is only where a batch comes from: the scenes of step t are
 rendered from (data seed, run seed, t) and its masks drawn from a generator seeded by
 (run seed, t), both on the device, so a run resumed from any checkpoint continues exactly
 and needs no sampler or RNG state.
@@ -10,18 +10,20 @@ and needs no sampler or RNG state.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 
-from tcjepa.models.jepa import JEPA
+from tcjepa.data.batch import JEPABatch
+from tcjepa.errors import TrainingError
 from tcjepa.study.device_masks import DeviceMaskSampler
 from tcjepa.study.device_scenes import SceneBatch, training_batch
 from tcjepa.study.text_bank import TextBank
 from tcjepa.study.variants import StudySettings, Variant, run_config, warmup_steps
 from tcjepa.train import checkpoint as ckpt_io
-from tcjepa.train.loop import MODEL_PARTS, TrainingError, model_inputs
-from tcjepa.train.optim import Schedules, build_optimizer, build_param_groups
+from tcjepa.train.checkpoint_parts import MODEL_PARTS
+from tcjepa.train.optim import Schedules
+from tcjepa.train.trainer import Trainer, build_model, wrap_and_optimize
 
 _MASK_STREAM = 0x6D61736B  # keeps mask seeds apart from any other seed of the run
 
@@ -40,14 +42,17 @@ class StudyRun:
         self.out_dir = Path(out_dir)
         self.device = torch.device(device)
         self.cfg = run_config(variant, settings, seed, self.out_dir)
-        torch.manual_seed(seed)
-        self.model = JEPA(self.cfg).to(self.device)
+        self.model = build_model(self.cfg, self.device)
         self.text_bank = text_bank if variant.text else None
         self.masks = DeviceMaskSampler(self.cfg.mask, self.model.grid_size, self.device)
-        self.optimizer = build_optimizer(build_param_groups(self.model.encoder, self.model.predictor),
-                                         self.cfg.optim, self.device)
-        self.schedules = Schedules(self.cfg.optim, warmup_steps(settings), settings.budget)
-        self.step = 0
+        wrapped, self.optimizer = wrap_and_optimize(self.model, self.cfg, self.device)
+        # The schedules' one "epoch" is the warm-up (optim.warmup_epochs=1): a share of the budget.
+        schedules = Schedules(self.cfg.optim, warmup_steps(settings), settings.budget)
+        self.trainer = Trainer(self.cfg, self.model, self.optimizer, schedules, self.device, wrapped)
+
+    @property
+    def step(self) -> int:
+        return self.trainer.step
 
     # ------------------------------------------------------------------ data
 
@@ -55,31 +60,28 @@ class StudyRun:
         s = self.settings
         return training_batch(s.data_seed, self.seed, step, s.batch_size, s.image_size, s.num_captions, self.device)
 
-    def batch(self, scenes: SceneBatch, mask_key: int, shuffled: Optional[bool] = None) -> dict[str, Any]:
-        """The loop's batch dict for ``scenes``; masks seeded by (run seed, ``mask_key``)."""
+    def batch(self, scenes: SceneBatch, mask_key: int, shuffled: Optional[bool] = None) -> JEPABatch:
+        """The training batch of ``scenes``; masks seeded by (run seed, ``mask_key``)."""
         g = self.masks.generator((self.seed * 1_000_003 + mask_key) * 31 + _MASK_STREAM)
-        batch = {"images": scenes.normalized_images(), **self.masks.sample(len(scenes), g)}
+        masks = self.masks.sample(len(scenes), g)
+        batch = JEPABatch(images=scenes.normalized_images(), context_idx=masks["context_idx"],
+                          target_idx=masks["target_idx"], context_valid=masks["context_valid"],
+                          caption_ids=scenes.caption_ids)
         if self.text_bank is not None:
             ids = scenes.caption_ids
             if self.variant.shuffled_captions if shuffled is None else shuffled:
                 ids = shuffle_captions(ids)
-            batch["text"], batch["text_mask"] = self.text_bank.lookup(ids)
+            batch = batch.with_text(*self.text_bank.lookup(ids))
         return batch
 
     # ------------------------------------------------------------------ training
 
-    def train_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        self.schedules.apply(self.optimizer, self.step)
-        out = self.model(**model_inputs(batch))
-        out["loss"].backward()
-        if not torch.isfinite(out["loss"]):
-            raise TrainingError(f"{self.out_dir}: non-finite loss at step {self.step + 1}")
-        if self.cfg.optim.clip_grad > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.clip_grad)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.model.update_target(self.schedules.ema(self.step))
-        self.step += 1
+    def train_step(self, batch: JEPABatch) -> dict[str, torch.Tensor]:
+        result = self.trainer.train_step([batch])
+        if not result.finite:
+            raise TrainingError(f"{self.out_dir}: non-finite loss at step {self.step}; last checkpoint "
+                                f"{ckpt_io.find_resume_checkpoint(self.out_dir)}")
+        out = result.metrics
         boost = self.variant.boost_second_moment
         if boost is not None and self.step == boost[0]:
             self.boost_encoder_second_moment(boost[1])
@@ -122,7 +124,7 @@ class StudyRun:
         for part in MODEL_PARTS:
             getattr(self.model, part).load_state_dict(state[part])
         self.optimizer.load_state_dict(state["opt"])
-        self.step = int(state["step"])
+        self.trainer.step = int(state["step"])
         return self.step
 
 
