@@ -44,7 +44,7 @@ def loss_curve(model: str, variant: str, steps: int, *, device: str = "cpu", pre
                          act_ckpt=False, extra=(f"optim.lr={lr}", f"optim.start_lr={lr}", "optim.warmup_epochs=0",
                                                 f"model.text_attention_impl={attention_impl}"))
     dev = torch.device(device)
-    h = build_harness(cfg, dev, compile_model, seed)
+    h = build_harness(cfg, dev, compile_model, seed, bf16_on_cpu=True)
     batches, _ = make_pool(cfg, h.model.grid_size, batch, pool, seed, pin=False)
     losses = [h.step(batches[i % len(batches)]) for i in range(steps)]
     return [float(x) for x in torch.stack(losses).cpu()]

@@ -30,7 +30,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..models.regularizers import word_cosines
+from ..models.losses import word_cosines
 
 IMPLS = ("auto", "fused", "eager")
 

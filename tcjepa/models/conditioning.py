@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..kernels.text_xattn import text_cross_attention
-from .regularizers import word_cosines
+from .losses import word_cosines
 
 
 def mean_caption_vector(text: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:

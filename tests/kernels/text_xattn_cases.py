@@ -19,10 +19,11 @@ import pytest
 import torch
 
 from tcjepa.config import load_config
+from tcjepa.data.batch import JEPABatch
 from tcjepa.kernels.text_xattn import resolve_impl, set_text_attention_impl, text_cross_attention
 from tcjepa.models.conditioning import TextCrossAttention
 from tcjepa.models.jepa import JEPA
-from tcjepa.models.regularizers import grounding_terms
+from tcjepa.models.losses import grounding_terms
 
 pytestmark = pytest.mark.usefixtures("interpreter")
 
@@ -164,10 +165,10 @@ def test_jepa_step_fused_matches_eager():
     tiny = ["model.encoder=vit_pico", "model.patch_size=8", "data.image_size=32", "model.predictor_depth=2",
             "model.predictor_width=32", "model.predictor_heads=2", "text.dim=12"]
     gen = torch.Generator().manual_seed(0)
-    batch = dict(images=torch.randn(2, 3, 32, 32, generator=gen),
+    batch = JEPABatch(images=torch.randn(2, 3, 32, 32, generator=gen),
                  context_idx=torch.stack([torch.randperm(16, generator=gen)[:6] for _ in range(2)]),
                  target_idx=torch.randint(0, 16, (2, 2, 3), generator=gen),
-                 text=torch.randn(2, 3, 5, 12, generator=gen), text_mask=word_mask(2, 3, 5, gen))
+                 text=torch.randn(2, 3, 5, 12, generator=gen), word_mask=word_mask(2, 3, 5, gen))
     torch.manual_seed(0)
     eager = JEPA(load_config(None, tiny + ["model.text_attention_impl=eager"]))
     fused = copy.deepcopy(eager)
@@ -175,7 +176,7 @@ def test_jepa_step_fused_matches_eager():
     assert {m.text_attention_impl for m in eager.modules() if isinstance(m, TextCrossAttention)} == {"eager"}
     results = []
     for model in (eager, fused):
-        out = model(**batch)
+        out = model(batch)
         out["loss"].backward()
         results.append((out, {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
     (oe, ge), (of, gf) = results

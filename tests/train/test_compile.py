@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tcjepa.config import load_config
+from tcjepa.data.batch import JEPABatch
 from tcjepa.models.jepa import JEPA
 from tcjepa.train.compile import compile_for_training, drop_compiled_regions
 from tcjepa.train.distributed import transformer_blocks
@@ -18,14 +19,14 @@ TINY = ["model.encoder=vit_pico", "model.patch_size=8", "data.image_size=32", "m
 
 def batch():
     g = torch.Generator().manual_seed(0)
-    return dict(images=torch.randn(2, 3, 32, 32, generator=g),
+    return JEPABatch(images=torch.randn(2, 3, 32, 32, generator=g),
                 context_idx=torch.stack([torch.randperm(16, generator=g)[:6] for _ in range(2)]),
                 target_idx=torch.randint(0, 16, (2, 2, 3), generator=g),
-                text=torch.randn(2, 3, 5, 12, generator=g), text_mask=torch.arange(5) < torch.tensor([[[2], [5], [1]]] * 2))
+                text=torch.randn(2, 3, 5, 12, generator=g), word_mask=torch.arange(5) < torch.tensor([[[2], [5], [1]]] * 2))
 
 
 def loss_and_grads(model):
-    out = model(**batch())
+    out = model(batch())
     out["loss"].backward()
     return out["loss"].detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 
