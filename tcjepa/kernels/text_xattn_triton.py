@@ -14,7 +14,8 @@ has). ``text_xattn_bwd_dq``: per (image, token block), dq. ``text_xattn_bwd_dkv`
 (caption, D chunk, image), dK and dV of the caption's words summed over all token blocks in
 registers, so no atomics and a deterministic result.
 
-Shapes (contiguous): q (B, Q, D); k, v, cosine keys (B, N, S, D); word mask (B, N, S) int8;
+Shapes (contiguous): q (B, Q, D); k, v, cosine keys (B, N, S, D; the backward reads the
+cosine keys from ``ck_ptr`` always, which points at k when they are the raw keys); word mask (B, N, S) int8;
 outputs (B, Q, D), argmax (B, Q, D) int8, cosines (B, N, Q, S), log-normaliser (B, N, Q) fp32.
 
 The kernels are plain functions, jitted on first use by ``compiled_kernels``: ``triton.jit``
@@ -127,10 +128,7 @@ def text_xattn_bwd_dq(
             dots += tl.dot(qc, tl.trans(kc), input_precision=PRECISION)
             dp += tl.dot(gc, tl.trans(tl.load(v_ptr + sd_off, mask=sd_in, other=0.0)), input_precision=PRECISION)
             qsq += tl.sum(qc.to(tl.float32) * qc.to(tl.float32), 1)
-            if HAS_CK:
-                ckc = tl.load(ck_ptr + sd_off, mask=sd_in, other=0.0).to(tl.float32)
-            else:
-                ckc = kc.to(tl.float32)
+            ckc = tl.load(ck_ptr + sd_off, mask=sd_in, other=0.0).to(tl.float32)
             ksq += tl.sum(ckc * ckc, 1)
         p = tl.where(real[None, :] & tok_in[:, None], tl.exp(dots * scale - lse[:, None]), 0.0)
         ds = p * (dp - tl.sum(p * dp, 1)[:, None]) * scale  # softmax backward over the words
@@ -153,10 +151,7 @@ def text_xattn_bwd_dq(
             kc = tl.load(k_ptr + sd_off, mask=sd_in, other=0.0)
             dq = tl.dot(ds.to(kc.dtype), kc, input_precision=PRECISION)
             if HAS_DCOS:
-                if HAS_CK:
-                    khat = tl.load(ck_ptr + sd_off, mask=sd_in, other=0.0).to(tl.float32) * inv_kn[:, None]
-                else:
-                    khat = kc.to(tl.float32) * inv_kn[:, None]
+                khat = tl.load(ck_ptr + sd_off, mask=sd_in, other=0.0).to(tl.float32) * inv_kn[:, None]
                 qhat = tl.load(q_ptr + qd_off, mask=qd_in, other=0.0).to(tl.float32) * inv_qn[:, None]
                 gq = tl.dot(dc.to(kc.dtype), khat.to(kc.dtype), input_precision=PRECISION)
                 dq += (gq - qhat * along_q[:, None]) * inv_qn[:, None]
@@ -187,10 +182,7 @@ def text_xattn_bwd_dkv(
     ksq = tl.zeros((BLOCK_S,), tl.float32)
     for d0 in range(0, D, BLOCK_D):
         sd_in = word_in[:, None] & (d0 + dim < D)[None, :]
-        if HAS_CK:
-            ckc = tl.load(ck_ptr + k_row[:, None] + d0 + dim[None, :], mask=sd_in, other=0.0).to(tl.float32)
-        else:
-            ckc = tl.load(k_ptr + k_row[:, None] + d0 + dim[None, :], mask=sd_in, other=0.0).to(tl.float32)
+        ckc = tl.load(ck_ptr + k_row[:, None] + d0 + dim[None, :], mask=sd_in, other=0.0).to(tl.float32)
         ksq += tl.sum(ckc * ckc, 1)
     inv_kn = 1.0 / tl.maximum(tl.sqrt(ksq), NORM_EPS)
     dv = tl.zeros((BLOCK_S, BLOCK_D), tl.float32)
@@ -238,12 +230,12 @@ def text_xattn_bwd_dkv(
     tl.store(dv_ptr + sc_off, dv, mask=sc_in)
     if HAS_DCOS:
         # d cos / dk = (qhat - cos khat) / |k|, summed over the tokens
+        khat = tl.load(ck_ptr + sc_off, mask=sc_in, other=0.0).to(tl.float32) * inv_kn[:, None]
+        dck = (gk - khat * along_k[:, None]) * inv_kn[:, None]
         if HAS_CK:
-            khat = tl.load(ck_ptr + sc_off, mask=sc_in, other=0.0).to(tl.float32) * inv_kn[:, None]
-            tl.store(dck_ptr + sc_off, (gk - khat * along_k[:, None]) * inv_kn[:, None], mask=sc_in)
+            tl.store(dck_ptr + sc_off, dck, mask=sc_in)
         else:
-            khat = tl.load(k_ptr + sc_off, mask=sc_in, other=0.0).to(tl.float32) * inv_kn[:, None]
-            dk += (gk - khat * along_k[:, None]) * inv_kn[:, None]
+            dk += dck
     tl.store(dk_ptr + sc_off, dk, mask=sc_in)
 
 
