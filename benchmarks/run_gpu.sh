@@ -34,7 +34,10 @@ stage() {  # stage NAME CAP_S COMMAND...
 "$PY" -c "import torch, timm; assert torch.cuda.is_available(), 'no CUDA device'; p = torch.cuda.get_device_properties(0); print(torch.cuda.get_device_name(), f'{p.total_memory / 2**30:.1f} GiB', 'torch', torch.__version__, 'cuda', torch.version.cuda, 'timm', timm.__version__)" || exit 1
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=csv 2>/dev/null || true
 
-REF=${REFERENCE_IJEPA:-../shared/ref/ijepa}  # the public I-JEPA checkout (imported, never copied)
+# The public I-JEPA checkout (imported at run time, never copied): REFERENCE_IJEPA, else the
+# first of ../shared/ref/ijepa and shared/ref/ijepa that exists.
+REF=${REFERENCE_IJEPA:-$(for d in ../shared/ref/ijepa shared/ref/ijepa; do [ -f "$d/src/helper.py" ] && echo "$d" && break; done)}
+REF=${REF:-../shared/ref/ijepa}
 # 0. The fused text cross-attention, most important first (about 9 minutes): the kernel against
 #    eager at ViT-L/16 shapes; the public I-JEPA step beside our I-JEPA eager / compiled and
 #    TC-JEPA N=8 fused / fused+compiled / eager, one process per model (ratios from one run;

@@ -35,8 +35,13 @@ from ..models.losses import word_cosines
 IMPLS = ("auto", "fused", "eager")
 
 
+# Looked up once: resolve_impl runs inside compiled blocks, where dynamo reads a global but
+# would break the graph on an import-system call.
+TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+
+
 def triton_installed() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    return TRITON_INSTALLED
 
 
 FUSED_MAX_WIDTH = 512  # the forward holds (BLOCK_Q, D) accumulators: wider needs a D-chunked forward

@@ -196,3 +196,20 @@ def test_impl_choice(monkeypatch):
         resolve_impl("fused", cpu)
     with pytest.raises(ValueError, match="one of"):
         resolve_impl("flash", cpu)
+
+
+def test_fused_call_inside_a_compiled_region():
+    """Under torch.compile the kernel call is left out of the graph (a graph break); the
+    projections around it are traced (backend aot_eager: dynamo + AOTAutograd, no codegen)."""
+    layers, h, text, mask = make_case(B=2, Q=9, N=3, S=5, keys="centered")
+    layer = layers[0]
+    layer.text_attention_impl = "fused"
+    compiled = torch.compile(layer.max_over_captions, backend="aot_eager")
+    results = []
+    for fn in (layer.max_over_captions, compiled):
+        layer.zero_grad(set_to_none=True)
+        out, cos = fn(h, text, mask)
+        (out.sum() + cos.sum()).backward()
+        results.append([out.detach(), cos.detach()] + [p.grad.clone() for p in layer.parameters()])
+    for a, b in zip(*results):
+        assert close(a, b)
