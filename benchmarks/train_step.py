@@ -46,12 +46,13 @@ import torch.distributed as dist
 from torch.utils.flop_counter import FlopCounterMode
 
 from tcjepa.config import Config, load_config
+from tcjepa.data.batch import JEPABatch
 from tcjepa.data.masks import MultiBlockMaskCollator
 from tcjepa.models import vit as vit_module
 from tcjepa.models.jepa import JEPA
 from tcjepa.models.vit import count_parameters
 from tcjepa.train.optim import Schedules
-from tcjepa.train.trainer import Trainer, build_model, model_inputs, wrap_and_optimize
+from tcjepa.train.trainer import Trainer, build_model, wrap_and_optimize
 
 from .common import format_table, metadata, peak_tflops, write_results
 from .profiling import profile_steps, write_profile
@@ -121,7 +122,7 @@ def random_word_features(cfg: Config, batch: int, gen: torch.Generator) -> tuple
 
 
 def make_pool(cfg: Config, grid: tuple[int, int], batch: int, pool: int, seed: int, pin: bool
-              ) -> tuple[list[dict[str, Any]], dict[str, float]]:
+              ) -> tuple[list[JEPABatch], dict[str, float]]:
     """``pool`` batches through the real collator (each with its own masks) + word features;
     returns them and the collator's cost per batch (ms): full collate and masks alone."""
     collator = MultiBlockMaskCollator(cfg.mask, grid, seed=seed)
@@ -136,21 +137,21 @@ def make_pool(cfg: Config, grid: tuple[int, int], batch: int, pool: int, seed: i
         collator.sample(batch, (1, k))
         mask_s.append(time.perf_counter() - t0)
         if cfg.text.enabled:
-            b["text"], b["text_mask"] = random_word_features(cfg, batch, gen)
-        b.pop("captions")  # strings stay on the host; with a text cache the step never reads them
+            b.text, b.word_mask = random_word_features(cfg, batch, gen)
+        b.captions = None  # strings stay on the host; with a text cache the step never reads them
         if pin:
-            b = {k: (v.pin_memory() if isinstance(v, torch.Tensor) else v) for k, v in b.items()}
+            b = b.pin_memory()
         batches.append(b)
     stats = {"collate_ms": 1e3 * statistics.median(collate_s), "mask_ms": 1e3 * statistics.median(mask_s),
-             "context_tokens": statistics.mean(b["context_idx"].shape[1] for b in batches),
-             "target_tokens": batches[0]["target_idx"].shape[1] * statistics.mean(b["target_idx"].shape[2] for b in batches)}
+             "context_tokens": statistics.mean(b.context_idx.shape[1] for b in batches),
+             "target_tokens": batches[0].target_idx.shape[1] * statistics.mean(b.target_idx.shape[2] for b in batches)}
     return batches, stats
 
 
 # ----------------------------------------------------------------------------- FLOPs
 
 
-def count_flops(cfg: Config, batches: list[dict[str, Any]], act_ckpt: bool) -> float:
+def count_flops(cfg: Config, batches: list[JEPABatch], act_ckpt: bool) -> float:
     """Mean FLOPs of forward + backward per step over the pool, counted on a meta-device model
     (no memory, no kernels run). Activation checkpointing adds the recomputed forward."""
     vit_module.sincos_2d.cache_clear()  # the cache must not hand meta tensors to real models
@@ -162,11 +163,8 @@ def count_flops(cfg: Config, batches: list[dict[str, Any]], act_ckpt: bool) -> f
             model.encoder.set_grad_checkpointing(True)
         total = 0.0
         for b in batches:
-            inputs = {k: (v.to("meta") if isinstance(v, torch.Tensor) else v) for k, v in model_inputs(b).items()}
-            if inputs.get("text") is not None:
-                inputs["text"] = inputs["text"].float()
             with FlopCounterMode(display=False) as counter:
-                model(**inputs)["loss"].backward()
+                model(b.to("meta"))["loss"].backward()
             total += counter.get_total_flops()
         return total / len(batches)
     finally:
@@ -191,7 +189,7 @@ class Harness:
     def device(self) -> torch.device:
         return self.trainer.device
 
-    def step(self, batch: dict[str, Any]) -> torch.Tensor:
+    def step(self, batch: JEPABatch) -> torch.Tensor:
         """``Trainer.train_step``, the training loop's step, on one batch. Without ``loop_syncs``
         it skips its one host sync (the finite-loss check); with it, the pair measures its cost."""
         return self.trainer.train_step([batch], check_finite=self.loop_syncs).metrics["loss"]
@@ -230,7 +228,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def count_host_syncs(h: Harness, batch: dict[str, Any]) -> Optional[int]:
+def count_host_syncs(h: Harness, batch: JEPABatch) -> Optional[int]:
     """Host<->device synchronisations in one step (CUDA only), via torch's sync debug mode."""
     if h.device.type != "cuda":
         return None
@@ -246,7 +244,7 @@ def count_host_syncs(h: Harness, batch: dict[str, Any]) -> Optional[int]:
     return sum("synchroniz" in str(w.message).lower() for w in caught)
 
 
-def time_steps(h: Harness, pool: list[dict[str, Any]], warmup: int, steps: int) -> dict[str, Any]:
+def time_steps(h: Harness, pool: list[JEPABatch], warmup: int, steps: int) -> dict[str, Any]:
     """Warm-up (compilation, allocator, optimizer state), then ``steps`` timed steps."""
     dev = h.device
     for i in range(warmup):  # a torch.compile failure falls back to eager inside the step

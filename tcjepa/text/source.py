@@ -11,15 +11,14 @@ which one it has; ``build_text_source(cfg, device)`` picks (None when text is of
 from __future__ import annotations
 
 import functools
-from typing import Callable, Optional, Protocol
+from typing import Optional, Protocol
 
 import torch
 
 from ..config import Config
 from ..data.batch import JEPABatch
+from ..data.masks import TextLookup
 from ..errors import TrainingError
-
-TextLookup = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 class TextSource(Protocol):

@@ -21,7 +21,7 @@ from ..config import Config
 from ..errors import TrainingError
 from .distributed import all_reduce_mean, barrier, cleanup, init_distributed
 from .monitors import MetricsLogger, grounding_collapse_warning, probe_monitors
-from .trainer import StepResult, Trainer, build_trainer, to_device
+from .trainer import StepResult, Trainer, build_trainer
 
 log = logging.getLogger("tcjepa.train")
 
@@ -149,10 +149,9 @@ def _log_step(trainer: Trainer, result: StepResult, logger: MetricsLogger, bar, 
     window["t"], window["images"] = time.time(), 0
 
 
-def _probe_batch(trainer: Trainer) -> dict:
+def _probe_batch(trainer: Trainer):
     """A fixed batch (the first samples, epoch-0 crops and masks) for the monitors, built
     outside the training stream so it does not move the sampler."""
     dataset = trainer.dataset
     n = min(len(dataset), 32)
-    return to_device(trainer.loader.collate_fn([dataset[(i, 0)] for i in range(n)]), trainer.device,
-                     trainer.text_encoder)
+    return trainer.prepare(trainer.loader.collate_fn([dataset[(i, 0)] for i in range(n)]))

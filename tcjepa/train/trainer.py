@@ -8,22 +8,25 @@ optimizer step. The training loop (``loop.py``), the step benchmark
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import torch
 from torch import nn
 
 from ..config import Config
+from ..data.batch import JEPABatch
 from ..errors import TrainingError
 from ..models.jepa import JEPA
 from .checkpoint import Checkpointer
 from .checkpoint_parts import Keyed, ModelWeights, OptimizerState, RNGStates
 from .distributed import DistInfo, all_reduce_mean, init_distributed, wrap_model
 from .optim import Schedules, build_optimizer, build_param_groups
+
+if TYPE_CHECKING:
+    from ..text.source import TextSource
 
 log = logging.getLogger("tcjepa.train")
 # Above this share of its initialization left in the target encoder at the end, warn.
@@ -50,7 +53,7 @@ class Trainer:
     schedules: Schedules
     device: torch.device
     wrapped: nn.Module  # what the step calls: the model, or its DDP / FSDP2 wrapper
-    text_encoder: Any = None  # online text encoder, when there is no feature cache
+    text: Optional["TextSource"] = None  # where word features come from (None: I-JEPA, or already in the batch)
     world_size: int = 1
     step: int = 0
     history: list[dict] = field(default_factory=list)
@@ -68,7 +71,12 @@ class Trainer:
             self.device.type == "cuda" or (self.bf16_on_cpu and self.device.type == "cpu"))
         self.forward_module = torch.compile(self.wrapped) if self.cfg.train.compile else self.wrapped
 
-    def train_step(self, batches: Sequence[dict[str, Any]], check_finite: bool = True) -> StepResult:
+    def prepare(self, batch: JEPABatch) -> JEPABatch:
+        """A loader batch on the training device, with its word features."""
+        batch = batch.to(self.device)
+        return self.text.attach(batch, self.device) if self.text is not None else batch
+
+    def train_step(self, batches: Sequence[JEPABatch], check_finite: bool = True) -> StepResult:
         """One optimizer step over ``batches``, the step's micro-batches as the loader gives them.
 
         ``check_finite`` is the step's one host sync: a non-finite loss then skips the update
@@ -77,13 +85,13 @@ class Trainer:
         metrics: dict[str, Any] = {}
         images = 0
         for i, host_batch in enumerate(batches):
-            batch = to_device(host_batch, self.device, self.text_encoder)
+            batch = self.prepare(host_batch)
             last = i == len(batches) - 1
             sync = contextlib.nullcontext() if last or not hasattr(self.wrapped, "no_sync") else self.wrapped.no_sync()
             with sync, torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
                 out = self._forward(batch)
             (out["loss"] / len(batches)).backward()
-            images += batch["images"].shape[0]
+            images += len(batch)
             for k, v in out.items():
                 if v.numel() == 1:
                     metrics[k] = metrics.get(k, 0.0) + v.detach().float() / len(batches)
@@ -107,11 +115,11 @@ class Trainer:
         self.step += 1
         return StepResult(metrics, out, images)
 
-    def _forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def _forward(self, batch: JEPABatch) -> dict[str, torch.Tensor]:
         # torch.compile fails on some stacks (no compiler, unsupported ops, a recompile for a new
         # caption length): fall back to eager once, with a warning, instead of losing the run.
         try:
-            return self.forward_module(**model_inputs(batch))
+            return self.forward_module(batch)
         except Exception as e:
             if self.forward_module is self.wrapped:
                 raise
@@ -119,7 +127,7 @@ class Trainer:
             self.compile_error = f"{type(e).__name__}: {first[:300]}"
             log.warning("torch.compile failed at step %d (%s); continuing in eager mode", self.step, self.compile_error)
             self.forward_module = self.wrapped
-            return self.wrapped(**model_inputs(batch))
+            return self.wrapped(batch)
 
     # The trainer's own checkpoint keys: where the run stands.
     keys = ("step",)
@@ -132,33 +140,6 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
         self.history = list(state.get("history", []))
-
-
-# ----------------------------------------------------------------------------- batches
-
-
-def to_device(batch: dict[str, Any], device: torch.device, text_encoder=None) -> dict[str, Any]:
-    out = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-    if text_encoder is not None and "text" not in out:
-        captions = [c for per_image in batch["captions"] for c in per_image]
-        feats, mask = text_encoder.encode(captions)
-        B, N = len(batch["captions"]), len(batch["captions"][0])
-        out["text"] = feats.reshape(B, N, *feats.shape[1:]).to(device)
-        out["text_mask"] = mask.reshape(B, N, -1).to(device)
-    if "text" in out and out["text"] is not None:
-        out["text"] = out["text"].float()
-    return out
-
-
-def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
-    return dict(
-        images=batch["images"],
-        context_idx=batch["context_idx"],
-        target_idx=batch["target_idx"],
-        context_valid=batch.get("context_valid"),
-        text=batch.get("text"),
-        text_mask=batch.get("text_mask"),
-    )
 
 
 # ----------------------------------------------------------------------------- building
@@ -191,28 +172,6 @@ def wrap_and_optimize(model: JEPA, cfg: Config, device: torch.device) -> tuple[n
     return wrapped, build_optimizer(build_param_groups(model.encoder, model.predictor), cfg.optim, device)
 
 
-def build_text_source(cfg: Config, device: torch.device):
-    """Returns (cache or None, online encoder or None).
-
-    A feature cache is read inside loader workers; without one the frozen encoder runs in
-    the main process on each batch's caption strings.
-    """
-    if not cfg.text.enabled:
-        return None, None
-    if cfg.data.text_cache:
-        from ..text.cache import TextFeatureCache
-
-        cache = TextFeatureCache(cfg.data.text_cache)
-        cache.check_encoder(cfg.text.encoder, cfg.text.max_words, cfg.text.dim)
-        return cache, None
-    from ..text.encoder import FrozenTextEncoder
-
-    encoder = FrozenTextEncoder(cfg.text.encoder, max_words=cfg.text.max_words, device=str(device))
-    if encoder.dim != cfg.text.dim:
-        raise TrainingError(f"text encoder {cfg.text.encoder!r} gives {encoder.dim}-d words but text.dim={cfg.text.dim}")
-    return None, encoder
-
-
 def per_process_batch(cfg: Config, world_size: int) -> int:
     """Images per micro-batch on one process: the global batch over ranks and accumulation."""
     accum = cfg.optim.grad_accum
@@ -228,20 +187,20 @@ def per_process_batch(cfg: Config, world_size: int) -> int:
 def build_trainer(cfg: Config, dist: Optional[DistInfo] = None) -> Trainer:
     """Every part of a run, in the order they depend on each other; nothing is resumed yet."""
     from ..data.loader import build_pretrain_loader
+    from ..text.source import build_text_source
 
     dist = dist or init_distributed()
     device = resolve_device(cfg.train.device) if dist.world_size == 1 else dist.device
     model = build_model(cfg, device, dist.rank, dist.world_size)
     micro_batch = per_process_batch(cfg, dist.world_size)
     # The text source comes first: a cache is read inside the loader's workers.
-    text_cache, text_encoder = build_text_source(cfg, device)
+    text = build_text_source(cfg, device)
     loader, sampler, dataset = build_pretrain_loader(
         cfg, model.grid_size, rank=dist.rank, world_size=dist.world_size,
-        text_lookup=functools.partial(text_cache.lookup, trim=True, round_to=8) if text_cache is not None else None,
-        batch_size=micro_batch,
+        text_lookup=text.lookup if text is not None else None, batch_size=micro_batch,
     )
-    if text_cache is not None:
-        text_cache.check_captions(dataset.caption_texts())
+    if text is not None:
+        text.check_dataset(dataset)
     steps_per_epoch = max(1, len(loader) // cfg.optim.grad_accum)
     total_steps = cfg.optim.max_steps or cfg.optim.epochs * steps_per_epoch
     schedules = Schedules(cfg.optim, steps_per_epoch, total_steps)
@@ -254,7 +213,7 @@ def build_trainer(cfg: Config, dist: Optional[DistInfo] = None) -> Trainer:
             list(cfg.optim.ema), total_steps, 100 * init_share,
         )
     wrapped, optimizer = wrap_and_optimize(model, cfg, device)
-    trainer = Trainer(cfg, model, optimizer, schedules, device, wrapped, text_encoder=text_encoder,
+    trainer = Trainer(cfg, model, optimizer, schedules, device, wrapped, text=text,
                       world_size=dist.world_size, loader=loader, sampler=sampler, dataset=dataset)
     trainer.checkpointer = Checkpointer(
         Path(cfg.train.out_dir),
