@@ -55,7 +55,7 @@ def resolve_impl(impl: str, device: torch.device, dtype: torch.dtype = torch.bfl
     only under Triton's interpreter (TRITON_INTERPRET=1, the tests)."""
     if impl not in IMPLS:
         raise ValueError(f"model.text_attention_impl must be one of {list(IMPLS)}, got {impl!r}")
-    if impl == "eager":
+    if impl == "eager" or device.type == "meta":  # meta: FLOP counting, which sees the eager ops' matmuls
         return "eager"
     half = dtype in (torch.bfloat16, torch.float16)
     on_gpu = device.type == "cuda" and triton_installed()

@@ -32,5 +32,6 @@ def test_auto_takes_the_kernel_where_it_is_meant_to_run():
     assert resolve_impl("auto", cuda, torch.bfloat16, 1024) == "eager"
     assert resolve_impl("auto", torch.device("cpu"), torch.bfloat16, 384) == "eager"
     assert resolve_impl("eager", cuda) == "eager"
+    assert resolve_impl("fused", torch.device("meta")) == "eager"  # the benchmark's FLOP count
     with pytest.raises(ValueError, match="takes bf16 / fp16 queries"):
         resolve_impl("fused", cuda, torch.float32, 384)
