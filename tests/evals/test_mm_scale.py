@@ -4,36 +4,28 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 from dense_helpers import TINY_VIT_NAME, ade_tree, coco_tree, tiny_backbone  # noqa: F401 (fixtures)
+from launch_helpers import driver_command, subprocess_env
 
 pytestmark = [pytest.mark.mm, pytest.mark.slow]
 DRIVER = Path(__file__).with_name("mm_driver.py")
 
 
-def _env() -> dict:
-    root = str(Path(__file__).resolve().parents[2])
-    return {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
-
-
 def _command(kind: str, data: Path, work: Path, *extra: str, ranks: int = 1) -> list[str]:
-    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}"]
-                if ranks > 1 else [sys.executable])
-    return [*launcher, str(DRIVER), kind, str(data), str(work), *extra]
+    return driver_command(DRIVER, kind, data, work, *extra, ranks=ranks)
 
 
 @pytest.mark.parametrize("kind,tree", [("seg", "ade_tree"), ("det", "coco_tree")])
 def test_two_gloo_ranks_through_mmengines_launcher(kind, tree, request, tmp_path):
     data = request.getfixturevalue(tree)
-    subprocess.run(_command(kind, data, tmp_path, "--iters", "2", ranks=2), env=_env(), check=True,
+    subprocess.run(_command(kind, data, tmp_path, "--iters", "2", ranks=2), env=subprocess_env(), check=True,
                    capture_output=True, timeout=600)
     result = json.loads((tmp_path / "driver.json").read_text())
     assert result["ranks"] == 2 and result["mm_world_size"] == 2
@@ -43,7 +35,7 @@ def test_two_gloo_ranks_through_mmengines_launcher(kind, tree, request, tmp_path
 
 def test_killed_mmseg_training_resumes_from_its_last_checkpoint(ade_tree, tmp_path):
     proc = subprocess.Popen(_command("seg", ade_tree, tmp_path, "--iters", "60", "--checkpoint-every", "2"),
-                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     pointer = tmp_path / "last_checkpoint"  # mmengine rewrites it after each complete save
     while time.time() < deadline and not pointer.exists() and proc.poll() is None:
@@ -53,7 +45,7 @@ def test_killed_mmseg_training_resumes_from_its_last_checkpoint(ade_tree, tmp_pa
     killed_at = int(Path(pointer.read_text().strip()).stem.split("_")[1])
     assert killed_at < 60 and not (tmp_path / "driver.json").exists()
     done = subprocess.run(_command("seg", ade_tree, tmp_path, "--iters", "60", "--checkpoint-every", "2", "--resume"),
-                          env=_env(), check=True, capture_output=True, text=True, timeout=600)
+                          env=subprocess_env(), check=True, capture_output=True, text=True, timeout=600)
     assert "resumed" in (done.stdout + done.stderr).lower()
     assert (tmp_path / "last_checkpoint").read_text().strip().endswith("iter_60.pth")
     assert json.loads((tmp_path / "driver.json").read_text())["metrics"]
