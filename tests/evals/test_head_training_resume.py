@@ -52,3 +52,5 @@ def test_two_gloo_ranks_train_one_ddp_head(tmp_path):
     state = load_checkpoint(tmp_path / "work" / "head_last.pt")
     assert state["step"] == 6 and not any(k.startswith("module.") for k in state["head"])
     assert torch.equal(torch.load(tmp_path / "head.pt")["conv_seg.weight"], state["head"]["conv_seg.weight"])
+    assert len(state["random_streams"]) == 2  # each rank's own streams, to resume each one
+    assert not torch.equal(state["random_streams"][0]["generator"], state["random_streams"][1]["generator"])
