@@ -3,7 +3,8 @@
     python -m evals.longhorizon.study run --work runs/long-horizon/cpu --budget 1000
     python -m evals.longhorizon.study run --work runs/long-horizon/gpu --budget 20000 --device cuda --workers 6
     python -m evals.longhorizon.study report --work runs/long-horizon/cpu --out results/studies/long-horizon/cpu
-    python -m evals.longhorizon.study speed --threads 1       # steps/s of one run of each variant
+    python -m evals.longhorizon.study gap-check --work runs/long-horizon/cpu --step 250   # the pre-run check
+    python -m evals.longhorizon.study speed --work runs/long-horizon/cpu --threads 1    # steps/s per variant
 
 ``run`` is resumable: run it again (same settings) and it continues where it stopped.
 """
@@ -114,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report")
     rep.add_argument("--work", required=True)
     rep.add_argument("--out", required=True)
+    gap = sub.add_parser("gap-check", help="the protocol's pre-run check on the caption gap (exit 0 pass, 3 fail, 4 no row)")
+    gap.add_argument("--work", required=True)
+    gap.add_argument("--step", type=int, required=True)
+    gap.add_argument("--threshold", type=float, default=0.02)
     return p
 
 
@@ -124,6 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         forwarded = [a for i, a in enumerate(argv) if a not in ("--workers",) and (i == 0 or argv[i - 1] != "--workers")]
         return cmd_run(args, forwarded)
+    if args.command == "gap-check":
+        from evals.longhorizon.report import gap_check
+
+        code, message = gap_check(Path(args.work), args.step, args.threshold)
+        log(message)
+        return code
     return cmd_report(args) if args.command == "report" else cmd_speed(args)
 
 
