@@ -96,7 +96,7 @@ class Grid:
         commit, dirty = git_state()
         self.meta = {"commit": os.environ.get("TCJEPA_COMMIT", commit or "unknown"), "dirty": dirty,
                      "hardware": hardware() if self.device.type == "cuda" else f"{hardware()}, {platform.node()}",
-                     "command": shlex.join(["python -m evals.longhorizon.study", *sys.argv[1:]]),
+                     "command": " ".join(["python -m evals.longhorizon.study", shlex.join(sys.argv[1:])]),
                      "threads": torch.get_num_threads()}
         self._heldout = self._bank = None
 
