@@ -1,7 +1,6 @@
 """Study runs resume exactly, the grid skips finished rows, the caption-gap measure is sound."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
