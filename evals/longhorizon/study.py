@@ -32,19 +32,22 @@ def _settings(args) -> StudySettings:
                          image_size=args.image_size)
 
 
-def set_threads(requested: int, device: str) -> None:
-    """``requested`` intra-op threads, or on a CPU (0) the idle cores: on a busy 2-core machine
-    one thread ran the study's step ~6x faster than two (OpenMP threads wait on descheduled
-    siblings), the text cache builder's finding too."""
+def set_threads(requested: int, device: str, processes: int = 1) -> None:
+    """``requested`` intra-op threads; by default (0) on a CPU the idle cores (on a busy 2-core
+    machine one thread ran the study's step ~6x faster than two: OpenMP threads wait on
+    descheduled siblings, the text cache builder's finding too), and with a GPU shared by
+    ``processes`` workers, their share of the host's cores."""
     import torch
 
     from tcjepa.text.cache import _build_threads
 
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if requested:
         torch.set_num_threads(requested)
     elif device == "cpu" and hasattr(os, "getloadavg"):
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         torch.set_num_threads(_build_threads(torch.get_num_threads(), cpus, os.getloadavg()[0]))
+    elif device != "cpu":
+        torch.set_num_threads(max(1, cpus // processes))
 
 
 def _spawn_workers(args, argv: list[str]) -> int:
@@ -69,8 +72,8 @@ def cmd_run(args, argv: list[str]) -> int:
         write_plan(work, settings, args.seeds, args.variants)
     if args.workers > 1:
         return _spawn_workers(args, argv)
-    set_threads(args.threads, args.device)
     i, k = (int(x) for x in args.shard.split("/"))
+    set_threads(args.threads, args.device, k)
     grid = Grid(work, settings, args.seeds, args.variants, device=args.device, shard=(i, k),
                 heldout=args.heldout, gap_scenes=args.gap_scenes, ckpt_every=args.ckpt_every, log=log)
     grid.run_all(args.until)
