@@ -5,6 +5,8 @@
     tcjepa-eval linear --backbone dinov2 --weights facebook/dinov2-base --data ... --protocol logreg
     tcjepa-eval ade20k --backbone ijepa --weights IN1K-vit.h.14-300e.pth.tar ...
     tcjepa-eval coco --ckpt export_dir ...
+    tcjepa-eval linear --dataset cifar100 --data DIR ...      (also inat18; voc, ade20k-ft as commands)
+    torchrun --nproc_per_node 8 -m evals.cli linear ...       (any command, sharded over 8 GPUs)
     tcjepa-eval tables --out results/ --runs results/runs
 
 User errors (bad path, unknown backbone, mismatched checkpoint, wrong dataset layout)
