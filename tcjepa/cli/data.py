@@ -5,6 +5,8 @@
     tcjepa-data from-wds --shards 'data/shards/shard-{000000..000009}.tar' --out data/scenes2
     tcjepa-data masks --config configs/cpu/tiny.yaml --out masks.png
     tcjepa-data text-cache --data data/scenes ...
+    tcjepa-data captions --images data/scenes/images/train --model models/random-blip --out data/captioned
+    tcjepa-data caption-stats --data data/captioned
 
 User errors (bad data, bad config) print one line to stderr and exit with status 2.
 """
@@ -14,6 +16,7 @@ import argparse
 import sys
 import time
 
+from tcjepa.captioning.cli import add_parsers as add_captioning_parsers
 from tcjepa.config import ConfigError
 from tcjepa.data.errors import DataError
 
@@ -165,6 +168,7 @@ def build_parser(with_text_cache: bool = True) -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_masks)
 
     _add_text_cache(sub, load=with_text_cache)
+    add_captioning_parsers(sub)
     return parser
 
 
