@@ -32,7 +32,6 @@ import gc
 import json
 import logging
 import math
-import os
 import resource
 import statistics
 import sys
@@ -51,6 +50,7 @@ from tcjepa.data.masks import MultiBlockMaskCollator
 from tcjepa.models import vit as vit_module
 from tcjepa.models.jepa import JEPA
 from tcjepa.models.vit import count_parameters
+from tcjepa.train.distributed import init_distributed
 from tcjepa.train.optim import Schedules
 from tcjepa.train.trainer import Trainer, build_model, wrap_and_optimize
 
@@ -195,18 +195,6 @@ class Harness:
         return self.trainer.train_step([batch], check_finite=self.loop_syncs).metrics["loss"]
 
 
-def ensure_process_group(device: torch.device) -> None:
-    """A process group for FSDP2: torchrun's, or a group of one made here (nccl / gloo)."""
-    if dist.is_initialized():
-        return
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29517")
-    if device.type == "cuda":
-        torch.cuda.set_device(device.index if device.index is not None else int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                            rank=int(os.environ.get("RANK", "0")), world_size=int(os.environ.get("WORLD_SIZE", "1")))
-
-
 def build_harness(cfg: Config, device: torch.device, compile_model: bool, seed: int, fsdp: bool = False,
                   loop_syncs: bool = False, bf16_on_cpu: bool = False) -> Harness:
     """The loop's model, wrapping, optimizer and step (``train.seed``, ``train.compile`` and
@@ -214,8 +202,8 @@ def build_harness(cfg: Config, device: torch.device, compile_model: bool, seed: 
     on CPUs too (the numerics check), where the loop autocasts on GPUs only."""
     cfg = copy.deepcopy(cfg)
     cfg.train.seed, cfg.train.compile, cfg.train.distributed = seed, compile_model, "fsdp" if fsdp else "none"
-    if fsdp:  # a process group of one: FSDP2's hooks and collectives all run
-        ensure_process_group(device)
+    if fsdp:  # torchrun's process group, or one of one: FSDP2's hooks and collectives all run
+        init_distributed(str(device), group_of_one=True)
     model = build_model(cfg, device)
     model.train()
     wrapped, optimizer = wrap_and_optimize(model, cfg, device)

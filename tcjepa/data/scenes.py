@@ -192,10 +192,6 @@ def _render_background(draw: _BackgroundDraw, size: int) -> tuple[np.ndarray, st
     return img, f"{tone} {kind}"
 
 
-def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, str]:
-    return _render_background(_draw_background(rng, size), size)
-
-
 def _position_phrase(cx: float, cy: float, size: int) -> str:
     col = 0 if cx < size / 3 else 2 if cx > 2 * size / 3 else 1
     row = 0 if cy < size / 3 else 2 if cy > 2 * size / 3 else 1

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Any, Optional
 
@@ -180,15 +179,3 @@ def grounding_collapse_warning(step: int, positive_fraction: list[float], sparse
         "carries TC-JEPA's whole gain over I-JEPA). "
         "model.grounding_keys=centered keeps them active; see README, Results"
     )
-
-
-def is_finite(x: Optional[torch.Tensor]) -> bool:
-    return x is not None and bool(torch.isfinite(x).all())
-
-
-def format_eta(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    m, s = divmod(int(seconds), 60)
-    h, m = divmod(m, 60)
-    return f"{h:d}:{m:02d}:{s:02d}"
