@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU measurement of issue 7 in one command, inside a time budget (default 570 s, so that
+# Every GPU measurement of docs/PERFORMANCE.md in one command, inside a time budget (default 570 s, so that
 # it fits one 10-minute device call; on an H200 the stages before compile took ~290 s):
 #   bash benchmarks/run_gpu.sh [out_dir]               (default results/bench)
 #   BUDGET_S=1500 FILL=1 bash benchmarks/run_gpu.sh    (a longer lease: adds the fill-the-GPU batches)

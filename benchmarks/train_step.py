@@ -60,7 +60,7 @@ from .profiling import profile_steps, write_profile
 log = logging.getLogger("benchmarks.train_step")
 
 # Paper scale: 224 px, predictor width 384 (depth 6 for B, 12 for L/H), S=64 words of a
-# 768-d text encoder (T5-base, as configs/pretrain). Batch = SPEC section 9's reference runs.
+# 768-d text encoder (T5-base, as configs/pretrain). Batch = docs/SPEC.md section 9's reference runs.
 FULL_MODELS: dict[str, dict[str, Any]] = {
     "vit_base": dict(patch_size=16, image_size=224, predictor_depth=6, predictor_width=384, batch=128),
     "vit_large": dict(patch_size=16, image_size=224, predictor_depth=12, predictor_width=384, batch=128),

@@ -96,6 +96,23 @@ def _choose(scores: list[float]) -> int:
     return int(np.argmax(scores))  # first of equals: the grid order is the tie-break
 
 
+def _train_heads(model: "LinearHeadGrid", opt, schedule, x_fit: dict, y_fit: torch.Tensor, epochs: int,
+                 batch_size: int, seed: int, device: str) -> None:
+    """Every head of the grid on the same shuffled mini-batches, one cross-entropy per head."""
+    loss_fn = nn.CrossEntropyLoss()
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    for _ in tqdm(range(epochs), desc=f"linear heads ({len(model.points)} in one pass)", unit="epoch"):
+        perm = torch.randperm(len(y_fit), generator=generator).to(device)
+        for s in range(0, len(perm), batch_size):
+            idx = perm[s:s + batch_size]
+            logits = model({fs: x[idx] for fs, x in x_fit.items()})
+            loss = sum(loss_fn(lg, y_fit[idx]) for lg in logits)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            schedule.step()
+
+
 def linear_probe(
     train: FeatureSet,
     val: FeatureSet,
@@ -136,18 +153,7 @@ def linear_probe(
     steps_per_epoch = math.ceil(len(y_fit) / batch_size)
     total = max(1, epochs * steps_per_epoch)
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
-    loss_fn = nn.CrossEntropyLoss()
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    for _ in tqdm(range(epochs), desc=f"linear heads ({len(model.points)} in one pass)", unit="epoch"):
-        perm = torch.randperm(len(y_fit), generator=generator).to(device)
-        for s in range(0, len(perm), batch_size):
-            idx = perm[s:s + batch_size]
-            logits = model({fs: x_fit[fs][idx] for fs in feature_sets})
-            loss = sum(loss_fn(lg, y_fit[idx]) for lg in logits)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            schedule.step()
+    _train_heads(model, opt, schedule, x_fit, y_fit, epochs, batch_size, seed, device)
 
     val_scores = _evaluate(model, x_val, y_val, 4096)
     hold_scores = _evaluate(model, x_hold, y_hold, 4096) if x_hold is not None else None

@@ -52,7 +52,7 @@ def load_caption_texts(data: Path, captions_file: str = "captions.jsonl") -> lis
 
 def run(args: argparse.Namespace) -> int:
     from ..device import resolve_device
-    from .cache import build_text_cache
+    from .cache_build import build_text_cache
     from .encoder import FrozenTextEncoder
 
     device = str(resolve_device(args.device))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 from dataclasses import dataclass
 from typing import Literal, Optional
 
@@ -49,6 +50,13 @@ class DistInfo:
         return self.world_size > 1
 
 
+def _free_port() -> int:
+    """A TCP port free right now: a fixed one collides with any other local run doing the same."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def init_distributed(device: str = "auto", group_of_one: bool = False) -> DistInfo:
     """Join the torchrun process group (nccl on CUDA, gloo on CPU) from RANK / WORLD_SIZE /
     LOCAL_RANK; a plain single process when those are absent. ``group_of_one`` makes a
@@ -60,7 +68,7 @@ def init_distributed(device: str = "auto", group_of_one: bool = False) -> DistIn
     if (world_size > 1 or group_of_one) and not dist.is_initialized():
         if world_size == 1:  # nobody launched us: a local rendezvous for the group of one
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", "29517")
+            os.environ.setdefault("MASTER_PORT", str(_free_port()))
         missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
         if missing:
             raise RuntimeError(
