@@ -25,7 +25,7 @@ from typing import Optional
 
 import numpy as np
 
-from evals.demo_report import SHUFFLED, UNTRAINED, summarize
+from evals.demo_report import SHUFFLED, UNTRAINED, draw_pictures, summarize
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {
@@ -118,7 +118,8 @@ def write_shuffled_captions(data: Path) -> str:
 
 def ensure_text_cache(data: Path, captions_file: str, cfg) -> Path:
     from tcjepa.data.captions import read_captions_jsonl
-    from tcjepa.text.cache import TextFeatureCache, build_text_cache
+    from tcjepa.text.cache import TextFeatureCache
+    from tcjepa.text.cache_build import build_text_cache
     from tcjepa.text.encoder import FrozenTextEncoder
 
     out = data / "text_cache" / Path(captions_file).stem
@@ -246,34 +247,6 @@ def evaluate(backbone_args: list[str], method: str, data: Path, runs: Path, plan
 
 
 # ----------------------------------------------------------------------------- report
-
-
-def draw_pictures(run_dirs: dict[str, Path], tcjepa_cfg, tcjepa_ckpt: Path, out: Path, text_cache: Path) -> None:
-    import torch
-
-    from tcjepa.data.loader import build_pretrain_loader
-    from tcjepa.models.jepa import JEPA
-    from tcjepa.text.cache import TextFeatureCache
-    from tcjepa.text.encoder import FrozenTextEncoder
-    from tcjepa.train.checkpoint import load_checkpoint
-    from tcjepa.viz import plot_grounding_maps, plot_training_curves
-
-    plot_training_curves(run_dirs, out / "training_curves.png")
-    state = load_checkpoint(tcjepa_ckpt)
-    model = JEPA(tcjepa_cfg)
-    model.encoder.load_state_dict(state["encoder"])
-    model.target_encoder.load_state_dict(state["target_encoder"])
-    model.predictor.load_state_dict(state["predictor"])
-    cache = TextFeatureCache(text_cache)
-    loader, _, dataset = build_pretrain_loader(tcjepa_cfg, model.grid_size, text_lookup=cache.lookup, batch_size=8)
-    batch = loader.collate_fn([dataset[(i, 0)] for i in range(4)])
-    batch.text = batch.text.float()
-    tokenizer = FrozenTextEncoder(tcjepa_cfg.text.encoder, max_words=tcjepa_cfg.text.max_words).tokenizer
-    tokens = [tokenizer.convert_ids_to_tokens(tokenizer(c[0], truncation=True,
-                                                        max_length=tcjepa_cfg.text.max_words)["input_ids"])
-              for c in batch.captions]
-    with torch.no_grad():
-        plot_grounding_maps(model, batch, tokens, out / "grounding_maps.png")
 
 
 # ----------------------------------------------------------------------------- main

@@ -76,6 +76,20 @@ def _choose(scores: list[float]) -> int:
     return int(np.argmax(scores))  # first of equals: the grid order is the tie-break
 
 
+def _train_heads(model: LinearHeadGrid, opt, schedule, fit: FeatureRows, epochs: int, batch_size: int,
+                 seed: int, device) -> None:
+    """Every head of the grid on the same shuffled mini-batches, one cross-entropy per head."""
+    loss_fn = nn.CrossEntropyLoss()
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    for _ in tqdm(range(epochs), desc=f"linear heads ({len(model.points)} in one pass)", unit="epoch"):
+        for x, y in fit.batches(batch_size, device, generator):
+            loss = sum(loss_fn(lg, y) for lg in model(x))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            schedule.step()
+
+
 def linear_probe(
     train: FeatureSet,
     val: FeatureSet,
@@ -116,15 +130,7 @@ def linear_probe(
     steps_per_epoch = math.ceil(len(fit) / batch_size)
     total = max(1, epochs * steps_per_epoch)
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
-    loss_fn = nn.CrossEntropyLoss()
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    for _ in tqdm(range(epochs), desc=f"linear heads ({len(model.points)} in one pass)", unit="epoch"):
-        for x, y in fit.batches(batch_size, device, generator):
-            loss = sum(loss_fn(lg, y) for lg in model(x))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            schedule.step()
+    _train_heads(model, opt, schedule, fit, epochs, batch_size, seed, device)
 
     val_scores = _evaluate(model, val_rows, 4096, device)
     hold_scores = _evaluate(model, hold, 4096, device) if hold is not None else None

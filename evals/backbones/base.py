@@ -12,17 +12,9 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-
-class UserError(ValueError):
-    """A problem the user fixes (bad path, unknown name, mismatched checkpoint).
-
-    Command-line tools print its message as one line and exit with code 2; anything else
-    is a bug and keeps its traceback.
-    """
-
-
-class CheckpointError(UserError):
-    """Weights that do not fit the model they claim to be (missing/unexpected keys, shapes)."""
+# The project's one family of user errors (one line, exit code 2), shared with tcjepa.
+from tcjepa.errors import CheckpointError, UserError
+from tcjepa.models.vit import patch_grid
 
 
 @dataclass
@@ -67,6 +59,10 @@ class Backbone(nn.Module):
         Special tokens (class, registers, padding) are already removed.
         """
         raise NotImplementedError
+
+    def patch_grid(self, x: torch.Tensor) -> tuple[int, int]:
+        """(h, w) patches of the image batch ``x``; an error if its size is no multiple of the patch."""
+        return patch_grid(x, self.patch_size)
 
     def forward_patches(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_intermediates(x, 1)[-1]

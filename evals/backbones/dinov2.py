@@ -37,10 +37,8 @@ class HFDinov2Backbone(Backbone):
         self.source = source
 
     def forward_with_global(self, x: torch.Tensor, n: int = 1) -> tuple[list[torch.Tensor], torch.Tensor]:
-        B, _, H, W = x.shape
-        if H % self.patch_size or W % self.patch_size:
-            raise ValueError(f"image size {H}x{W} is not divisible by the patch size {self.patch_size}")
-        h, w = H // self.patch_size, W // self.patch_size
+        B = x.shape[0]
+        h, w = self.patch_grid(x)
         out = self.model(pixel_values=x, output_hidden_states=True)
         # hidden_states[-1] is the last block before the final norm; layernorm of it is last_hidden_state
         normed = [self.model.layernorm(t) for t in out.hidden_states[-n:]]

@@ -19,12 +19,13 @@ def build_tcjepa(spec: BackboneSpec) -> JEPAViTBackbone:
     opts = spec.take_options(ckpt_key=None, image_size=None)
     path = resolve_weights(spec.weights, spec.name)
     from tcjepa.export import ExportError, load_encoder
-    from tcjepa.train.checkpoint import CheckpointError as TrainCheckpointError
 
     kwargs = {"key": opts["ckpt_key"]} if opts["ckpt_key"] else {}
     try:
         encoder, info = load_encoder(path, **kwargs)
-    except (ExportError, TrainCheckpointError) as e:
+    except CheckpointError:
+        raise
+    except ExportError as e:
         raise CheckpointError(str(e)) from None
     except (KeyError, RuntimeError) as e:
         raise CheckpointError(f"{path}: not a loadable tcjepa checkpoint or export ({e})") from None

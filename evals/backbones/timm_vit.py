@@ -95,10 +95,8 @@ class TimmViTBackbone(Backbone):
         self.source = source
 
     def forward_with_global(self, x: torch.Tensor, n: int = 1) -> tuple[list[torch.Tensor], torch.Tensor]:
-        B, _, H, W = x.shape
-        if H % self.patch_size or W % self.patch_size:
-            raise ValueError(f"image size {H}x{W} is not divisible by the patch size {self.patch_size}")
-        h, w = H // self.patch_size, W // self.patch_size
+        B = x.shape[0]
+        h, w = self.patch_grid(x)
         final, intermediates = self.model.forward_intermediates(x, indices=n, norm=True, output_fmt="NLC")
         patches = [t.reshape(B, h, w, t.shape[-1]) for t in intermediates]  # prefix tokens already split off
         global_vector = self.model.forward_head(final, pre_logits=True)

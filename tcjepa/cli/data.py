@@ -86,14 +86,8 @@ def _add_text_cache(subparsers: argparse._SubParsersAction, load: bool) -> None:
                                        "(see `tcjepa-data text-cache --help`)")
         p.set_defaults(func=lambda args: _fail("text-cache: internal error, parser not loaded"))
         return
-    try:
-        from tcjepa.text import cli as text_cli
-    except ModuleNotFoundError as e:
-        if e.name not in ("tcjepa.text.cli", "tcjepa.text"):
-            raise
-        p = subparsers.add_parser("text-cache", help="(unavailable: tcjepa.text.cli is not installed)")
-        p.set_defaults(func=lambda args: _fail("text-cache needs tcjepa.text.cli, which is not installed"))
-        return
+    from tcjepa.text import cli as text_cli
+
     p = text_cli.add_parser(subparsers)
     p.set_defaults(func=text_cli.run)
 

@@ -1,4 +1,4 @@
-"""Tables 1-5 regenerate the reported numbers of SPEC section 8 exactly, and measured
+"""Tables 1-5 regenerate the reported numbers of docs/SPEC.md section 8 exactly, and measured
 runs join them with their provenance."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pandas as pd
 from evals.results import read_runs, run_record, write_run
 from evals.tables import write_tables
 
-# SPEC section 8, typed again here so a typo in reported.csv cannot pass unnoticed.
+# The paper's Tables 1-5 (docs/SPEC.md section 8), typed again here so a typo in reported.csv cannot pass unnoticed.
 TABLE1 = {"I-JEPA": (72.9, 77.5, 79.3), "StoP": (74.5, 78.5, 79.6), "TC-JEPA": (75.8, 79.6, 80.4),
           "MAE": (68.0, 76.0, 77.2), "data2vec": (None, 77.3, None), "iBOT": (79.8, 81.0, None),
           "DINO": (78.1, None, None)}
