@@ -47,6 +47,17 @@ def add_backbone_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--out", metavar="DIR", help="write the metrics JSON of the run here")
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a batch size, a worker-free count, epochs)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _cuda() -> bool:
     import torch
 
@@ -199,15 +210,15 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     g.add_argument("--data", required=True, metavar="DIR", help="root with train/<class>/*.JPEG and val/<class>/*.JPEG")
     g.add_argument("--protocol", choices=("linear", "logreg", "both"), default="linear")
     g.add_argument("--lrs", type=float, nargs="+", help="lr grid (default: 0.001..1 for sgd, 1e-4..1e-2 for adamw)")
-    g.add_argument("--epochs", type=int, default=10)
+    g.add_argument("--epochs", type=positive_int, default=10)
     g.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
     g.add_argument("--weight-decay", type=float, default=0.0)
-    g.add_argument("--probe-batch-size", type=int, default=256, help="batch size of the linear heads")
+    g.add_argument("--probe-batch-size", type=positive_int, default=256, help="batch size of the linear heads")
     g.add_argument("--selection", choices=("holdout", "val"), default="holdout",
                    help="choose the best head on a held-out part of train (default) or on val (recorded)")
     g.add_argument("--holdout-fraction", type=float, default=0.1)
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--batch-size", type=int, default=64, help="feature-extraction batch size")
+    g.add_argument("--batch-size", type=positive_int, default=64, help="feature-extraction batch size")
     g.add_argument("--workers", type=int, default=4, help="data-loading workers for extraction")
     g.add_argument("--crop-fraction", type=float, default=0.875, help="center crop = image size / resize")
     g.add_argument("--cache-dir", metavar="DIR", help="feature cache (default: DATA/.feature_cache)")
@@ -231,13 +242,23 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(error: Exception) -> str:
+    """The message of a user error on one line. Errors raised in a DataLoader worker come back
+    wrapped with the worker's traceback; only the original message is the user's business."""
+    text = str(error)
+    if "Original Traceback" in text:
+        last = text.strip().splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return " ".join(text.split())
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser(argv).parse_args(argv)
         return args.func(args)
     except UserError as e:
-        print(f"tcjepa-eval: error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"tcjepa-eval: error: {one_line(e)}", file=sys.stderr)
         return 2
     except FileNotFoundError as e:
         print(f"tcjepa-eval: error: {e.filename or e}: no such file or folder", file=sys.stderr)

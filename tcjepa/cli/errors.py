@@ -15,6 +15,7 @@ def user_error_types() -> tuple[type, ...]:
         ("tcjepa.data.errors", "DataError"),
         ("tcjepa.train.checkpoint", "CheckpointError"),
         ("tcjepa.train.loop", "TrainingError"),
+        ("tcjepa.text.cache", "TextCacheError"),
     ):
         try:
             types.append(getattr(__import__(module, fromlist=[name]), name))
