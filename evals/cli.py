@@ -1,10 +1,10 @@
 """``tcjepa-eval``: frozen-backbone evaluations and the paper tables.
 
     tcjepa-eval backbones
-    tcjepa-eval linear --ckpt runs/x/last.pt --data DIR/imagenet --out results/runs
-    tcjepa-eval linear --backbone dinov2 --weights facebook/dinov2-base --data ... --protocol logreg
-    tcjepa-eval ade20k --backbone ijepa --weights IN1K-vit.h.14-300e.pth.tar ...
-    tcjepa-eval coco --ckpt export_dir ...
+    tcjepa-eval linear --ckpt runs/x --data DIR/imagenet --out results/runs
+    tcjepa-eval linear --backbone dinov2 --weights facebook/dinov2-base --data DIR/imagenet --protocol logreg
+    tcjepa-eval ade20k --backbone ijepa --weights IN1K-vit.h.14-300e.pth.tar --data DIR/ADEChallengeData2016
+    tcjepa-eval coco --ckpt export_dir --data DIR/coco
     tcjepa-eval tables --out results/ --runs results/runs
 
 User errors (bad path, unknown backbone, mismatched checkpoint, wrong dataset layout)
@@ -16,6 +16,8 @@ import argparse
 import importlib
 import sys
 from typing import Optional, Sequence
+
+from tcjepa.cli.help import document_defaults
 
 from evals.backbones import BackboneSpec, UserError, available_backbones, build_backbone, describe_backbones
 
@@ -208,16 +210,18 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     add_backbone_arguments(p)
     g = p.add_argument_group("linear probe")
     g.add_argument("--data", required=True, metavar="DIR", help="root with train/<class>/*.JPEG and val/<class>/*.JPEG")
-    g.add_argument("--protocol", choices=("linear", "logreg", "both"), default="linear")
+    g.add_argument("--protocol", choices=("linear", "logreg", "both"), default="linear",
+                   help="linear heads trained by SGD/AdamW, scikit-learn logistic regression, or both")
     g.add_argument("--lrs", type=float, nargs="+", help="lr grid (default: 0.001..1 for sgd, 1e-4..1e-2 for adamw)")
-    g.add_argument("--epochs", type=positive_int, default=10)
-    g.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
-    g.add_argument("--weight-decay", type=float, default=0.0)
+    g.add_argument("--epochs", type=positive_int, default=10, help="epochs of the linear heads")
+    g.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd", help="optimizer of the linear heads")
+    g.add_argument("--weight-decay", type=float, default=0.0, help="weight decay of the linear heads")
     g.add_argument("--probe-batch-size", type=positive_int, default=256, help="batch size of the linear heads")
     g.add_argument("--selection", choices=("holdout", "val"), default="holdout",
                    help="choose the best head on a held-out part of train (default) or on val (recorded)")
-    g.add_argument("--holdout-fraction", type=float, default=0.1)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--holdout-fraction", type=float, default=0.1,
+                   help="part of train held out to choose the head (--selection holdout)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the holdout split and the heads' initialization")
     g.add_argument("--batch-size", type=positive_int, default=64, help="feature-extraction batch size")
     g.add_argument("--workers", type=int, default=4, help="data-loading workers for extraction")
     g.add_argument("--crop-fraction", type=float, default=0.875, help="center crop = image size / resize")
@@ -239,7 +243,7 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     p.add_argument("--runs", metavar="DIR", help="folder of run JSONs (searched recursively) to merge as measured")
     p.add_argument("--reported", metavar="CSV", help="reported numbers (default: results/paper/reported.csv)")
     p.set_defaults(func=cmd_tables)
-    return parser
+    return document_defaults(parser)
 
 
 def one_line(error: Exception) -> str:

@@ -17,6 +17,8 @@ import time
 from tcjepa.config import ConfigError
 from tcjepa.data.errors import DataError
 
+from .help import document_defaults
+
 
 def _cmd_scenes(args: argparse.Namespace) -> int:
     from tcjepa.data.layouts import write_scene_dataset
@@ -148,7 +150,7 @@ def build_parser(with_text_cache: bool = True) -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_masks)
 
     _add_text_cache(sub, load=with_text_cache)
-    return parser
+    return document_defaults(parser)
 
 
 def main(argv: list[str] | None = None) -> int:
