@@ -1,8 +1,11 @@
 """Frozen features, extracted once and cached on disk.
 
 Per image: the average-pooled patch tokens of the last block (``last1``), the concat of
-the average-pooled patch tokens of the last four blocks (``last4``, oldest first) and
-the backbone's own global vector (``global``). A cache entry is a folder of ``.npy``
+the average-pooled patch tokens of the last four blocks (``last4``, oldest first),
+the backbone's own global vector (``global``), the class tokens of the last four blocks
+(``cls4``, backbones with a class token) and, when asked for (attentive probe), the
+last block's patch tokens (``tokens``, fp16); ``evals.feature_protocols`` makes the
+probes' inputs from them. A cache entry is a folder of ``.npy``
 arrays plus ``meta.json`` (no pickle), keyed by a hash of the backbone's protocol info,
 the weights file's identity, the dataset's file list and the transform; it is written to
 a temporary folder and renamed, so an interrupted run never leaves a half cache.
@@ -13,7 +16,7 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -24,8 +27,9 @@ from tqdm import tqdm
 from evals.backbones.base import Backbone
 
 ARRAYS = ("last1", "last4", "global", "labels")
+OPTIONAL_ARRAYS = ("cls4", "tokens")
 NUM_LAST_LAYERS = 4
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 @dataclass
@@ -35,12 +39,22 @@ class FeatureSet:
     global_: np.ndarray
     labels: np.ndarray
     meta: dict
+    extra: dict = field(default_factory=dict)  # cls4, tokens: present when extracted
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def get(self, name: str) -> np.ndarray:
-        return {"last1": self.last1, "last4": self.last4, "global": self.global_}[name]
+    def get(self, name: str) -> Optional[np.ndarray]:
+        """An array by name ('last1', 'last4', 'global', 'cls4', 'tokens'; None when not
+        extracted) or a feature set of ``evals.feature_protocols`` ('cls_patch_mean:last4')."""
+        arrays = {"last1": self.last1, "last4": self.last4, "global": self.global_}
+        if name in arrays:
+            return arrays[name]
+        if name in OPTIONAL_ARRAYS:
+            return self.extra.get(name)
+        from evals.feature_protocols import feature_array
+
+        return feature_array(self, name)
 
 
 def weights_identity(weights: Optional[str]) -> list:
@@ -69,7 +83,9 @@ def cache_key(backbone: Backbone, data_fingerprint: str, transform: str, extra: 
 def load_cached(folder: Path) -> FeatureSet:
     meta = json.loads((folder / "meta.json").read_text())
     arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False) for name in ARRAYS}
-    return FeatureSet(arrays["last1"], arrays["last4"], arrays["global"], arrays["labels"], meta)
+    extra = {name: np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+             for name in OPTIONAL_ARRAYS if (folder / f"{name}.npy").exists()}
+    return FeatureSet(arrays["last1"], arrays["last4"], arrays["global"], arrays["labels"], meta, extra)
 
 
 @torch.no_grad()
@@ -82,11 +98,16 @@ def extract_features(
     device: str = "cpu",
     amp: bool = True,
     desc: str = "features",
+    keep_tokens: bool = False,
 ) -> FeatureSet:
     """Features of every item of ``dataset`` ((image tensor, label) pairs), from the cache
-    when present. ``dataset`` must have ``fingerprint()`` and carry its transform's repr."""
+    when present. ``dataset`` must have ``fingerprint()`` and carry its transform's repr.
+    ``keep_tokens`` also stores the last block's patch tokens (fp16; the attentive probe's input)."""
+    from evals.feature_protocols import pooled_arrays
+
     transform = repr(getattr(dataset, "transform", None))
-    key = cache_key(backbone, dataset.fingerprint(), transform, {"split": getattr(dataset, "split", None)})
+    extra_key = {"split": getattr(dataset, "split", None)} | ({"tokens": True} if keep_tokens else {})
+    key = cache_key(backbone, dataset.fingerprint(), transform, extra_key)
     folder = Path(cache_dir) / f"{desc}-{key}"
     if (folder / "meta.json").exists():
         return load_cached(folder)
@@ -105,18 +126,15 @@ def extract_features(
     start = 0
     for images, labels in tqdm(loader, desc=f"{desc} ({len(dataset)} images)", unit="batch"):
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-            grids, global_vector = backbone.forward_with_global(images.to(device, non_blocking=True), NUM_LAST_LAYERS)
-        pooled = [g.float().mean(dim=(1, 2)) for g in grids]
-        layers_used = len(pooled)
-        batch = {
-            "last1": pooled[-1],
-            "last4": torch.cat(pooled, dim=-1),
-            "global": global_vector.float(),
-            "labels": labels,
-        }
+            grids, global_vector, class_tokens = backbone.forward_features(
+                images.to(device, non_blocking=True), NUM_LAST_LAYERS)
+        layers_used = len(grids)
+        batch = {**pooled_arrays(grids, global_vector, class_tokens), "labels": labels}
+        if keep_tokens:
+            batch["tokens"] = grids[-1].flatten(1, 2).half()
         if not arrays:  # allocate on disk once the widths are known
             for name, t in batch.items():
-                dtype = np.int64 if name == "labels" else np.float32
+                dtype = {"labels": np.int64, "tokens": np.float16}.get(name, np.float32)
                 arrays[name] = np.lib.format.open_memmap(
                     tmp / f"{name}.npy", mode="w+", dtype=dtype, shape=(len(dataset), *t.shape[1:])
                 )
