@@ -156,6 +156,7 @@ def test_readme_command_runs_as_written(command, workdir):
         pytest.skip(f"not run: {why}" + (" (its config and overrides were loaded)" if check == "config" else ""))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     env["CUDA_VISIBLE_DEVICES"] = ""  # the same on every machine: the CPU path
+    env["OMP_NUM_THREADS"] = "1"  # tiny models on shared cores: extra threads only wait for each other
     run = subprocess.run(argv_of(prepared(command)), cwd=workdir, env=env, capture_output=True, text=True,
                          timeout=600)
     output = run.stdout + run.stderr
