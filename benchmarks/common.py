@@ -67,7 +67,7 @@ def metadata(device: torch.device, argv: Sequence[str] = ()) -> dict[str, Any]:
         "cuda": torch.version.cuda,
         "python": platform.python_version(),
         "host": platform.node(),
-        "argv": list(argv),
+        "argv": _repo_relative_script(list(argv)),
         **git_commit(),
     }
     try:
@@ -80,6 +80,17 @@ def metadata(device: torch.device, argv: Sequence[str] = ()) -> dict[str, Any]:
         props = torch.cuda.get_device_properties(device)
         meta["device_memory_gib"] = round(props.total_memory / 2**30, 2)
     return meta
+
+
+def _repo_relative_script(argv: list[str]) -> list[str]:
+    # `python -m benchmarks.x` puts the script's absolute path in argv[0]; recorded as is, it
+    # would name the folder of one machine's checkout in the committed results.
+    if argv and Path(argv[0]).is_absolute():
+        try:
+            argv[0] = Path(argv[0]).resolve().relative_to(REPO.resolve()).as_posix()
+        except ValueError:
+            pass
+    return argv
 
 
 def command_line(argv: list[str]) -> str:

@@ -95,7 +95,7 @@ def with_workers(dataset, collator, batch: int, workers: int, batches: int) -> d
     t0 = time.perf_counter()
     n = 0
     for b in it:
-        n += b["images"].shape[0]
+        n += len(b)
     dt = time.perf_counter() - t0
     return {"img_per_s": n / dt, "img_per_s_per_worker": n / dt / max(1, workers)}
 

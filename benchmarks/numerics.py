@@ -41,7 +41,7 @@ def loss_curve(model: str, variant: str, steps: int, *, device: str = "cpu", pre
     cfg = variant_config(model, spec, variant, batch=batch, words=words, text_dim=text_dim, precision=precision,
                          act_ckpt=False, extra=(f"optim.lr={lr}", f"optim.start_lr={lr}", "optim.warmup_epochs=0"))
     dev = torch.device(device)
-    h = build_harness(cfg, dev, compile_model, seed)
+    h = build_harness(cfg, dev, compile_model, seed, bf16_on_cpu=True)
     batches, _ = make_pool(cfg, h.model.grid_size, batch, pool, seed, pin=False)
     losses = [h.step(batches[i % len(batches)]) for i in range(steps)]
     return [float(x) for x in torch.stack(losses).cpu()]

@@ -53,6 +53,11 @@ for v in ijepa tc_n8_xattn; do  # H200: I-JEPA compiled in ~85 s; TC-JEPA N=8 to
 done
 # 6. Numerics: bf16 vs fp32 loss curves, compiled vs eager, small model.
 stage numerics 120 "$PY" -m benchmarks.numerics --device cuda --model vit_small --steps 200 --out "$OUT"
+# 6b. Captioning throughput (tcjepa-data captions) with base-size random-weight BLIP and LLaVA in bf16.
+stage captioning 180 "$PY" -m benchmarks.captioning --device cuda --size base --families blip,llava --out "$OUT"
+# 6c. Evaluation throughput: extraction images/s (ViT-L/16 224 px bf16, target >= 2000) and
+#     seconds per head-training step; ViT-H/14 as the paper's dense-eval backbone.
+stage eval_throughput 120 "$PY" -m benchmarks.eval_throughput --device cuda --models vit_large:16,vit_huge:14 --batch-size 256 --iters 20 --warmup 3 --head-iters 10 --out "$OUT" --tag gpu
 # 7. Longer leases: the largest batch per variant that fits in 90% of the GPU.
 if [[ "${FILL:-0}" == 1 ]]; then
   stage fill 600 "$PY" -m benchmarks.train_step --device cuda --models vit_large,vit_huge --variants ijepa,tc_n8_xattn --batch-size fill --out "$OUT" --tag fill

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from tcjepa.data.batch import JEPABatch
 from tcjepa.data.masks import MultiBlockMaskCollator
 from tcjepa.models import vit as vit_module
 from tcjepa.models.jepa import JEPA
@@ -58,13 +59,13 @@ def model_facts(model: str, variant: str, words: int, text_dim: int, batch: int 
         for k in range(3):
             mk = collator.sample(batch, (0, k))
             n = cfg.data.num_captions
-            inputs = dict(images=torch.empty(batch, 3, spec["image_size"], spec["image_size"], device="meta"),
-                          context_idx=mk["context_idx"].to("meta"), target_idx=mk["target_idx"].to("meta"))
+            inputs = JEPABatch(images=torch.empty(batch, 3, spec["image_size"], spec["image_size"], device="meta"),
+                               context_idx=mk["context_idx"].to("meta"), target_idx=mk["target_idx"].to("meta"))
             if cfg.text.enabled:
-                inputs.update(text=torch.empty(batch, n, words, text_dim, device="meta"),
-                              text_mask=torch.ones(batch, n, words, dtype=torch.bool, device="meta"))
+                inputs = inputs.with_text(torch.empty(batch, n, words, text_dim, device="meta"),
+                                          torch.ones(batch, n, words, dtype=torch.bool, device="meta"))
             with FlopCounterMode(display=False) as fc:
-                m(**inputs)["loss"].backward()
+                m(inputs)["loss"].backward()
             flops.append(fc.get_total_flops() / batch)
             ctx.append(mk["context_idx"].shape[1])
             tgt.append(mk["target_idx"].shape[2])

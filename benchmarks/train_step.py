@@ -1,4 +1,4 @@
-"""Full training-step benchmark: what ``tcjepa.train.loop`` runs per step, timed after warm-up.
+"""Full training-step benchmark: ``Trainer.train_step``, the training loop's own step, timed after warm-up.
 
 One step = the step of the training loop on a batch made by the real mask collator
 (``MultiBlockMaskCollator``: synthetic images + multi-block masks) with random cached word
@@ -27,6 +27,7 @@ shapes, so counting costs no device memory; MFU = achieved FLOP/s / dense bf16 p
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import json
 import logging
@@ -45,13 +46,13 @@ import torch.distributed as dist
 from torch.utils.flop_counter import FlopCounterMode
 
 from tcjepa.config import Config, load_config
+from tcjepa.data.batch import JEPABatch
 from tcjepa.data.masks import MultiBlockMaskCollator
 from tcjepa.models import vit as vit_module
 from tcjepa.models.jepa import JEPA
 from tcjepa.models.vit import count_parameters
-from tcjepa.train.distributed import shard_fsdp2
-from tcjepa.train.loop import model_inputs, to_device
-from tcjepa.train.optim import Schedules, build_optimizer, build_param_groups
+from tcjepa.train.optim import Schedules
+from tcjepa.train.trainer import Trainer, build_model, wrap_and_optimize
 
 from .common import format_table, metadata, peak_tflops, write_results
 from .profiling import profile_steps, write_profile
@@ -121,7 +122,7 @@ def random_word_features(cfg: Config, batch: int, gen: torch.Generator) -> tuple
 
 
 def make_pool(cfg: Config, grid: tuple[int, int], batch: int, pool: int, seed: int, pin: bool
-              ) -> tuple[list[dict[str, Any]], dict[str, float]]:
+              ) -> tuple[list[JEPABatch], dict[str, float]]:
     """``pool`` batches through the real collator (each with its own masks) + word features;
     returns them and the collator's cost per batch (ms): full collate and masks alone."""
     collator = MultiBlockMaskCollator(cfg.mask, grid, seed=seed)
@@ -136,21 +137,21 @@ def make_pool(cfg: Config, grid: tuple[int, int], batch: int, pool: int, seed: i
         collator.sample(batch, (1, k))
         mask_s.append(time.perf_counter() - t0)
         if cfg.text.enabled:
-            b["text"], b["text_mask"] = random_word_features(cfg, batch, gen)
-        b.pop("captions")  # strings stay on the host; with a text cache the step never reads them
+            b.text, b.word_mask = random_word_features(cfg, batch, gen)
+        b.captions = None  # strings stay on the host; with a text cache the step never reads them
         if pin:
-            b = {k: (v.pin_memory() if isinstance(v, torch.Tensor) else v) for k, v in b.items()}
+            b = b.pin_memory()
         batches.append(b)
     stats = {"collate_ms": 1e3 * statistics.median(collate_s), "mask_ms": 1e3 * statistics.median(mask_s),
-             "context_tokens": statistics.mean(b["context_idx"].shape[1] for b in batches),
-             "target_tokens": batches[0]["target_idx"].shape[1] * statistics.mean(b["target_idx"].shape[2] for b in batches)}
+             "context_tokens": statistics.mean(b.context_idx.shape[1] for b in batches),
+             "target_tokens": batches[0].target_idx.shape[1] * statistics.mean(b.target_idx.shape[2] for b in batches)}
     return batches, stats
 
 
 # ----------------------------------------------------------------------------- FLOPs
 
 
-def count_flops(cfg: Config, batches: list[dict[str, Any]], act_ckpt: bool) -> float:
+def count_flops(cfg: Config, batches: list[JEPABatch], act_ckpt: bool) -> float:
     """Mean FLOPs of forward + backward per step over the pool, counted on a meta-device model
     (no memory, no kernels run). Activation checkpointing adds the recomputed forward."""
     vit_module.sincos_2d.cache_clear()  # the cache must not hand meta tensors to real models
@@ -162,11 +163,8 @@ def count_flops(cfg: Config, batches: list[dict[str, Any]], act_ckpt: bool) -> f
             model.encoder.set_grad_checkpointing(True)
         total = 0.0
         for b in batches:
-            inputs = {k: (v.to("meta") if isinstance(v, torch.Tensor) else v) for k, v in model_inputs(b).items()}
-            if inputs.get("text") is not None:
-                inputs["text"] = inputs["text"].float()
             with FlopCounterMode(display=False) as counter:
-                model(**inputs)["loss"].backward()
+                model(b.to("meta"))["loss"].backward()
             total += counter.get_total_flops()
         return total / len(batches)
     finally:
@@ -178,33 +176,23 @@ def count_flops(cfg: Config, batches: list[dict[str, Any]], act_ckpt: bool) -> f
 
 @dataclass
 class Harness:
-    cfg: Config
-    model: JEPA
-    fwd: Any
-    optimizer: torch.optim.Optimizer
-    schedules: Schedules
-    device: torch.device
-    use_bf16: bool
-    loop_syncs: bool = False
-    step_index: int = 0
+    """A ``Trainer`` without data: the benchmark feeds it pre-collated batches."""
 
-    def step(self, batch: dict[str, Any]) -> torch.Tensor:
-        """The training loop's step, without its host sync (the finite check before the
-        optimizer step) unless ``loop_syncs``: then with it, where the loop has it, to measure
-        what it costs."""
-        s = self.step_index
-        self.schedules.apply(self.optimizer, s)
-        b = to_device(batch, self.device)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
-            out = self.fwd(**model_inputs(b))
-        out["loss"].backward()
-        if self.loop_syncs and not torch.isfinite(out["loss"].detach()):
-            raise FloatingPointError("non-finite loss")
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.model.update_target(self.schedules.ema(s))
-        self.step_index += 1
-        return out["loss"].detach()
+    trainer: Trainer
+    loop_syncs: bool = False
+
+    @property
+    def model(self) -> JEPA:
+        return self.trainer.model
+
+    @property
+    def device(self) -> torch.device:
+        return self.trainer.device
+
+    def step(self, batch: JEPABatch) -> torch.Tensor:
+        """``Trainer.train_step``, the training loop's step, on one batch. Without ``loop_syncs``
+        it skips its one host sync (the finite-loss check); with it, the pair measures its cost."""
+        return self.trainer.train_step([batch], check_finite=self.loop_syncs).metrics["loss"]
 
 
 def ensure_process_group(device: torch.device) -> None:
@@ -220,21 +208,19 @@ def ensure_process_group(device: torch.device) -> None:
 
 
 def build_harness(cfg: Config, device: torch.device, compile_model: bool, seed: int, fsdp: bool = False,
-                  loop_syncs: bool = False) -> Harness:
-    torch.manual_seed(seed)
-    model = JEPA(cfg).to(device)
-    model.train()
-    if cfg.train.activation_checkpointing:
-        model.encoder.set_grad_checkpointing(True)
-        model.target_encoder.set_grad_checkpointing(False)
-    use_bf16 = cfg.train.precision == "bf16" and device.type in ("cuda", "cpu")
-    if fsdp:  # as the loop wraps it (train.distributed=fsdp); the optimizer must see the shards
+                  loop_syncs: bool = False, bf16_on_cpu: bool = False) -> Harness:
+    """The loop's model, wrapping, optimizer and step (``train.seed``, ``train.compile`` and
+    ``train.distributed`` set from the arguments), on a long schedule. ``bf16_on_cpu``: autocast
+    on CPUs too (the numerics check), where the loop autocasts on GPUs only."""
+    cfg = copy.deepcopy(cfg)
+    cfg.train.seed, cfg.train.compile, cfg.train.distributed = seed, compile_model, "fsdp" if fsdp else "none"
+    if fsdp:  # a process group of one: FSDP2's hooks and collectives all run
         ensure_process_group(device)
-        shard_fsdp2(model, torch.bfloat16 if use_bf16 and device.type == "cuda" else None)
-    optimizer = build_optimizer(build_param_groups(model.encoder, model.predictor), cfg.optim, device)
+    model = build_model(cfg, device)
+    model.train()
+    wrapped, optimizer = wrap_and_optimize(model, cfg, device)
     schedules = Schedules(cfg.optim, steps_per_epoch=1000, total_steps=100_000)
-    fwd = torch.compile(model) if compile_model else model
-    return Harness(cfg, model, fwd, optimizer, schedules, device, use_bf16, loop_syncs)
+    return Harness(Trainer(cfg, model, optimizer, schedules, device, wrapped, bf16_on_cpu=bf16_on_cpu), loop_syncs)
 
 
 def sync(device: torch.device) -> None:
@@ -242,7 +228,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def count_host_syncs(h: Harness, batch: dict[str, Any]) -> Optional[int]:
+def count_host_syncs(h: Harness, batch: JEPABatch) -> Optional[int]:
     """Host<->device synchronisations in one step (CUDA only), via torch's sync debug mode."""
     if h.device.type != "cuda":
         return None
@@ -258,23 +244,11 @@ def count_host_syncs(h: Harness, batch: dict[str, Any]) -> Optional[int]:
     return sum("synchroniz" in str(w.message).lower() for w in caught)
 
 
-def time_steps(h: Harness, pool: list[dict[str, Any]], warmup: int, steps: int) -> dict[str, Any]:
+def time_steps(h: Harness, pool: list[JEPABatch], warmup: int, steps: int) -> dict[str, Any]:
     """Warm-up (compilation, allocator, optimizer state), then ``steps`` timed steps."""
     dev = h.device
-    compile_error = None
-    for i in range(warmup):
-        try:
-            h.step(pool[i % len(pool)])
-        except torch.OutOfMemoryError:
-            raise
-        except Exception as e:  # torch.compile failures: fall back to eager, as documented
-            if h.fwd is h.model:
-                raise
-            compile_error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
-            log.warning("torch.compile failed (%s); falling back to eager", compile_error)
-            h.optimizer.zero_grad(set_to_none=True)
-            h.fwd = h.model
-            h.step(pool[i % len(pool)])
+    for i in range(warmup):  # a torch.compile failure falls back to eager inside the step
+        h.step(pool[i % len(pool)])
     sync(dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
@@ -295,7 +269,7 @@ def time_steps(h: Harness, pool: list[dict[str, Any]], warmup: int, steps: int) 
             last = now
     sync(dev)
     total = time.perf_counter() - t0
-    out: dict[str, Any] = {"seconds": total, "loss": float(loss), "compile_error": compile_error}
+    out: dict[str, Any] = {"seconds": total, "loss": float(loss), "compile_error": h.trainer.compile_error}
     if dev.type == "cuda":
         per_step = [events[i].elapsed_time(events[i + 1]) / 1e3 for i in range(steps)]
         out["peak_mem_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
@@ -333,7 +307,7 @@ def run_variant(model_name: str, spec: dict[str, Any], variant: str, batch: int,
     try:
         h = build_harness(cfg, device, args.compile, args.seed, fsdp=args.fsdp, loop_syncs=args.loop_syncs)
         row["params_m"] = count_parameters(h.model.encoder) / 1e6
-        row["trainable_m"] = sum(p.numel() for g in h.optimizer.param_groups for p in g["params"]) / 1e6
+        row["trainable_m"] = sum(p.numel() for g in h.trainer.optimizer.param_groups for p in g["params"]) / 1e6
         pool, pstats = make_pool(cfg, h.model.grid_size, batch, args.pool, args.seed, pin=device.type == "cuda")
         row.update(pstats)
         timing = time_steps(h, pool, args.warmup, args.steps)

@@ -3,7 +3,7 @@
 One block, pre-norm: ``q += CrossAttn(LN q, LN tokens)``, ``q += MLP(LN q)``, then
 ``Linear(LN q)`` to the classes. The tokens are the last block's patch tokens after the
 final norm, cached once (fp16). Probes for every lr of the grid train in one pass
-(``evals.head_training``); the choice of lr is made on a held-out part of train or on val.
+(``evals.probe_training``); the choice of lr is made on a held-out part of train or on val.
 """
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from evals.features import FeatureSet
-from evals.head_training import HeadSchedule, evaluate_heads, train_heads
+from evals.features import FeatureRows, FeatureSet
+from evals.probe_training import HeadSchedule, evaluate_heads, train_heads
 from evals.linear import SELECTIONS, split_holdout
 
 LRS = (1e-3, 3e-4)
@@ -49,8 +49,8 @@ class AttentiveGrid(nn.Module):
         self.lrs = list(lrs)
         self.probes = nn.ModuleList(AttentivePooler(dim, num_classes, num_heads) for _ in self.lrs)
 
-    def forward(self, tokens: torch.Tensor) -> list[torch.Tensor]:
-        return [probe(tokens) for probe in self.probes]
+    def forward(self, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        return [probe(inputs["tokens"]) for probe in self.probes]
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         return [{"params": list(p.parameters()), "lr": lr, "weight_decay": weight_decay}
@@ -72,6 +72,11 @@ def _tokens(features: FeatureSet, what: str) -> np.ndarray:
     return tokens
 
 
+def token_rows(features: FeatureSet, rows=None) -> FeatureRows:
+    """Patch tokens (N, L, C) of some rows, read from the cache a block at a time."""
+    return FeatureRows(features, ["tokens"], rows)
+
+
 def attentive_probe(train: FeatureSet, val: FeatureSet, lrs: Sequence[float] = LRS, epochs: int = 10,
                     batch_size: int = 64, weight_decay: float = 0.05, num_heads: int = 0,
                     selection: str = "holdout", holdout_fraction: float = 0.1, seed: int = 0,
@@ -80,29 +85,18 @@ def attentive_probe(train: FeatureSet, val: FeatureSet, lrs: Sequence[float] = L
         raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
     schedule = HeadSchedule(epochs, batch_size, "adamw", weight_decay, seed=seed)
     torch.manual_seed(seed)
-    all_tokens, val_tokens = _tokens(train, "train"), _tokens(val, "val")
-    y_all = torch.from_numpy(np.array(train.labels)).long().to(device)
-    y_val = torch.from_numpy(np.array(val.labels)).long().to(device)
-    num_classes = int(max(y_all.max(), y_val.max())) + 1
+    dim = _tokens(train, "train").shape[-1]
+    _tokens(val, "val")  # both splits must hold tokens
+    num_classes = int(max(np.max(train.labels), np.max(val.labels))) + 1
     fit_idx, hold_idx = (split_holdout(len(train), holdout_fraction, seed) if selection == "holdout"
-                         else (np.arange(len(train)), None))
-
-    def rows(tokens: np.ndarray, subset):
-        # fp16 memmap rows -> float32 batches on the device; the cache never needs to fit in memory
-        return lambda idx: torch.from_numpy(np.asarray(
-            tokens[subset[idx.cpu().numpy()]] if subset is not None else tokens[idx.cpu().numpy()],
-            dtype=np.float32)).to(device)
-
-    dim = all_tokens.shape[-1]
+                         else (None, None))
+    fit = token_rows(train, fit_idx)
+    evaluations = {"val": token_rows(val)} | ({"holdout": token_rows(train, hold_idx)} if hold_idx is not None else {})
     heads = num_heads or default_heads(dim)
     model = AttentiveGrid(dim, num_classes, heads, lrs).to(device)
-    y_fit = y_all[torch.from_numpy(fit_idx).to(device)]
-    evaluations = {"val": (rows(val_tokens, None), y_val)}
-    if hold_idx is not None:
-        evaluations["holdout"] = (rows(all_tokens, hold_idx), y_all[torch.from_numpy(hold_idx).to(device)])
-    curves = train_heads(model, model.param_groups(weight_decay), rows(all_tokens, fit_idx), y_fit,
-                         [f"attentive@lr={lr:g}" for lr in lrs], schedule, evaluations, "attentive probes")
-    scores = {split: evaluate_heads(model, inputs, y, batch_size=256) for split, (inputs, y) in evaluations.items()}
+    curves = train_heads(model, model.param_groups(weight_decay), fit, [f"attentive@lr={lr:g}" for lr in lrs],
+                         schedule, evaluations, device, "attentive probes")
+    scores = {split: evaluate_heads(model, rows, device, batch_size=256) for split, rows in evaluations.items()}
     chooser = scores.get("holdout", scores["val"])
     best = int(np.argmax([s["top1"] for s in chooser]))
     grid = [{"lr": lr, **{f"{split}_top1": s[i]["top1"] for split, s in scores.items()},
@@ -122,6 +116,6 @@ def attentive_probe(train: FeatureSet, val: FeatureSet, lrs: Sequence[float] = L
             "num_heads": heads, "lrs": list(lrs), "epochs": epochs, "batch_size": batch_size,
             "optimizer": "adamw", "weight_decay": weight_decay, "schedule": "cosine to 0, per step",
             "selection": selection, "holdout_fraction": holdout_fraction if hold_idx is not None else None,
-            "seed": seed, "num_classes": num_classes, "num_train": int(len(y_fit)), "num_val": int(len(y_val)),
+            "seed": seed, "num_classes": num_classes, "num_train": len(fit), "num_val": len(evaluations["val"]),
         },
     }

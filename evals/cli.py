@@ -21,16 +21,21 @@ import sys
 from typing import Optional, Sequence
 
 from tcjepa.cli.help import document_defaults
-from tcjepa.config import ConfigError
+from tcjepa.errors import UserError as ProjectUserError
 
 from evals.backbones import UserError, describe_backbones
 from evals.command_helpers import add_backbone_arguments, backbone_from_args, backbone_info, method_name, write_record
+from evals.distributed import init_from_env
 from evals.eval_config import add_config_arguments, apply_config
 from evals import probe_commands
 
 DENSE_PROTOCOLS = {
     "ade20k": ("evals.segmentation.protocol", "ADE20k linear segmentation (mIoU / aAcc)", "ade20k_linear",
                ("mIoU", "aAcc")),
+    "ade20k-ft": ("evals.segmentation.finetune_protocol", "ADE20k fine-tuning with UperNet, MMSegmentation (mIoU)",
+                  "ade20k_ft", ("mIoU", "aAcc")),
+    "voc": ("evals.segmentation.voc_protocol", "Pascal VOC 2012 linear segmentation (mIoU / aAcc)", "voc_linear",
+            ("mIoU", "aAcc")),
     "coco": ("evals.detection.protocol", "COCO detection with a simple feature pyramid (box / mask AP)", "coco_det",
              ("bbox_AP", "box_AP", "bbox_mAP", "segm_AP")),
 }
@@ -79,8 +84,11 @@ def make_dense_command(name: str):
 
     def run(args) -> int:
         module = load_protocol(module_name)
+        world, args.device = init_from_env(args.device)  # under torchrun: one rank per GPU
         spec, backbone = backbone_from_args(args)
         result = module.run(backbone, args)
+        if not world.is_main:  # every rank returns the same numbers; rank 0 records them
+            return 0
         metrics, primary, settings = split_protocol_result(result, primary_choices)
         write_record(args, dict(method=method_name(args, spec), backbone_info=backbone_info(spec, backbone),
                                 pretraining_data=args.pretraining_data, task=result.get("task", task),
@@ -191,7 +199,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args = parse(argv)
         return args.func(args)
-    except (UserError, ConfigError) as e:
+    except (UserError, ProjectUserError) as e:  # the evals' and the training side's (ConfigError, ...)
         print(f"tcjepa-eval: error: {one_line(e)}", file=sys.stderr)
         return 2
     except FileNotFoundError as e:

@@ -1,6 +1,6 @@
 """Probe-head learning curves beside a result: ``<result>.curves.csv`` and ``<result>.tb/``.
 
-Rows come from ``evals.head_training.train_heads``: one per (epoch, head) with the head's
+Rows come from ``evals.probe_training.train_heads``: one per (epoch, head) with the head's
 mean training loss, its lr and its top-1 on each evaluation split. TensorBoard gets one
 scalar per (head, quantity), e.g. ``patch_mean:last1@lr=0.1/loss``.
 """

@@ -206,14 +206,12 @@ def untrained_checkpoint(cfg, path: Path) -> Path:
     import torch
 
     from tcjepa.models.jepa import JEPA
-    from tcjepa.train.checkpoint import save_checkpoint
+    from tcjepa.train.checkpoint import Checkpointer
+    from tcjepa.train.checkpoint_parts import ModelWeights
 
     torch.manual_seed(cfg.train.seed)
     model = JEPA(cfg)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(path, {"target_encoder": model.target_encoder.state_dict(), "encoder": model.encoder.state_dict(),
-                           "config": cfg.to_dict(), "step": 0, "epoch": 0})
-    return path
+    return Checkpointer(path.parent, [ModelWeights(model)], config=cfg.to_dict()).write(path, step=0, epoch=0)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -272,11 +270,11 @@ def draw_pictures(run_dirs: dict[str, Path], tcjepa_cfg, tcjepa_ckpt: Path, out:
     cache = TextFeatureCache(text_cache)
     loader, _, dataset = build_pretrain_loader(tcjepa_cfg, model.grid_size, text_lookup=cache.lookup, batch_size=8)
     batch = loader.collate_fn([dataset[(i, 0)] for i in range(4)])
-    batch["text"] = batch["text"].float()
+    batch.text = batch.text.float()
     tokenizer = FrozenTextEncoder(tcjepa_cfg.text.encoder, max_words=tcjepa_cfg.text.max_words).tokenizer
     tokens = [tokenizer.convert_ids_to_tokens(tokenizer(c[0], truncation=True,
                                                         max_length=tcjepa_cfg.text.max_words)["input_ids"])
-              for c in batch["captions"]]
+              for c in batch.captions]
     with torch.no_grad():
         plot_grounding_maps(model, batch, tokens, out / "grounding_maps.png")
 

@@ -80,23 +80,58 @@ def resolve_features(requested: Optional[Sequence[str]], info: dict) -> list[str
     return names
 
 
-def feature_array(arrays, name: str) -> np.ndarray:
-    """The (N, D) matrix of feature set ``name`` from a feature cache's arrays (anything with
-    ``get(array name)``); legacy names 'last1', 'last4', 'global' pass through."""
+class ConcatColumns:
+    """Arrays side by side, read lazily: ``view[rows]`` reads only those rows of each part, so
+    a memory-mapped cache is never concatenated as a whole."""
+
+    def __init__(self, parts: Sequence):
+        self.parts = list(parts)
+        self.shape = (len(self.parts[0]), sum(p.shape[1] for p in self.parts))
+        self.dtype = np.result_type(*(p.dtype for p in self.parts))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows) -> np.ndarray:
+        return np.concatenate([np.asarray(p[rows]) for p in self.parts], axis=1)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = self[slice(None)]
+        return whole if dtype is None else whole.astype(dtype)
+
+
+class LastColumns:
+    """The last ``width`` columns of an array, read lazily like :class:`ConcatColumns`."""
+
+    def __init__(self, array, width: int):
+        self.array, self.width = array, width
+        self.shape, self.dtype = (len(array), width), array.dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows) -> np.ndarray:
+        return np.asarray(self.array[rows])[:, -self.width:]
+
+
+def feature_array(arrays, name: str):
+    """The (N, D) rows of feature set ``name`` from a feature cache's arrays (anything with
+    ``get(array name)``): a cached array itself, or a lazy view for the class-token protocol.
+    Legacy names 'last1', 'last4', 'global' pass through."""
     if name in ("last1", "last4", "global"):
         return arrays.get(name)
     protocol, _, layers = name.partition(":")
-    if protocol == "patch_mean":
+    if protocol == "patch_mean" and layers in LAYERS:
         return arrays.get(layers)
     if protocol == "map":
         return arrays.get("global")
-    if protocol == "cls_patch_mean":
+    if protocol == "cls_patch_mean" and layers in LAYERS:
         cls4 = arrays.get("cls4")
         if cls4 is None:
             raise UserError("this feature cache holds no class tokens; extract it with a backbone that has one")
-        width = arrays.get("last1").shape[1]
-        tokens = cls4[:, -width:] if layers == "last1" else cls4
-        return np.concatenate([np.asarray(tokens), np.asarray(arrays.get("last1"))], axis=1)
+        patch_mean = arrays.get("last1")
+        tokens = LastColumns(cls4, patch_mean.shape[1]) if layers == "last1" else cls4
+        return ConcatColumns([tokens, patch_mean])
     raise UserError(f"unknown feature set {name!r}")
 
 

@@ -1,92 +1,114 @@
-"""Training a grid of probe heads in one pass over cached features, with learning curves.
+"""What the pure-torch head-training loops share at scale: bf16 autocast on GPU, DDP over
+the torchrun ranks, and a resumable checkpoint of the head's training state.
 
-The heads share no parameters and the loss is the sum of their losses, so each head gets
-exactly its own gradient; each head has its own lr (its own optimizer group) and all follow
-one cosine schedule. After every epoch each head's mean training loss and its top-1 on the
-evaluation splits are recorded (``curves``), the rows ``evals.curves`` writes to CSV and
-TensorBoard beside the result.
+The checkpoint (``<work_dir>/head_last.pt``) holds the head, optimizer, scheduler, step and
+every random state the loop draws from, written atomically by rank 0 and read back with
+``weights_only=True``; a rerun with the same work dir continues from it (what mmengine's
+``resume=True`` does for the mm engines), and ends with the head an uninterrupted run gets.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+import contextlib
+import random
+from pathlib import Path
+from typing import Optional
 
 import torch
+import torch.distributed as dist
 from torch import nn
-from tqdm import tqdm
 
-Inputs = Callable[[torch.Tensor], object]  # batch indices -> what the head grid's forward takes
+from evals.backbones.base import CheckpointError
+from evals.distributed import World
+from tcjepa.train.checkpoint import load_checkpoint, save_checkpoint
+from tcjepa.train.rng import capture_rng_state, restore_rng_state
 
-
-@dataclass
-class HeadSchedule:
-    epochs: int = 10
-    batch_size: int = 256
-    optimizer: str = "sgd"  # sgd | adamw
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    seed: int = 0
-
-    def check(self) -> None:
-        if self.optimizer not in ("sgd", "adamw"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+CHECKPOINT_NAME = "head_last.pt"
 
 
-def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> dict[int, int]:
-    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
-    hits = top == labels[:, None]
-    return {k: int(hits[:, :k].any(dim=1).sum()) for k in ks}
+def autocast(device: str):
+    """bf16 autocast on CUDA (where the backbone's matmuls are); a no-op on CPU."""
+    if torch.device(device).type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
-@torch.no_grad()
-def evaluate_heads(model: nn.Module, inputs: Inputs, y: torch.Tensor, batch_size: int = 4096) -> list[dict]:
-    """Top-1 / top-5 (percent) of every head of ``model`` on the examples ``inputs`` gives."""
-    was_training = model.training
-    model.eval()
-    counts: Optional[list[dict]] = None
-    for s in range(0, len(y), batch_size):
-        idx = torch.arange(s, min(s + batch_size, len(y)), device=y.device)
-        logits = model(inputs(idx))
-        counts = counts or [{1: 0, 5: 0} for _ in logits]
-        for c, lg in zip(counts, logits):
-            for k, v in topk_correct(lg, y[idx]).items():
-                c[k] += v
-    model.train(was_training)
-    n = max(len(y), 1)
-    return [{"top1": 100.0 * c[1] / n, "top5": 100.0 * c[5] / n} for c in counts or []]
+def data_parallel(module: nn.Module, world: World, device: str, find_unused: bool = False) -> nn.Module:
+    """``module`` in DDP when there are several ranks (BatchNorm synchronised on CUDA).
+    ``find_unused``: some parameters may get no gradient in a step (a detector's mask head
+    on a batch without positive RoIs)."""
+    if world.size == 1:
+        return module
+    if torch.device(device).type == "cuda":
+        module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        return nn.parallel.DistributedDataParallel(module, device_ids=[torch.device(device).index],
+                                                   find_unused_parameters=find_unused)
+    return nn.parallel.DistributedDataParallel(module, find_unused_parameters=find_unused)
 
 
-def train_heads(model: nn.Module, groups: list[dict], fit: Inputs, y_fit: torch.Tensor, names: Sequence[str],
-                schedule: HeadSchedule, evaluations: dict[str, tuple[Inputs, torch.Tensor]], desc: str) -> list[dict]:
-    """Train every head of ``model`` (its forward returns one logits tensor per head, in the
-    order of ``names``; ``groups`` one optimizer group per head); returns the curves."""
-    schedule.check()
-    opt = (torch.optim.SGD(groups, momentum=schedule.momentum) if schedule.optimizer == "sgd"
-           else torch.optim.AdamW(groups))
-    total = max(1, schedule.epochs * math.ceil(len(y_fit) / schedule.batch_size))
-    lr_schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
-    loss_fn = nn.CrossEntropyLoss()
-    generator = torch.Generator(device="cpu").manual_seed(schedule.seed)
-    curves = []
-    model.train()
-    for epoch in tqdm(range(1, schedule.epochs + 1), desc=f"{desc} ({len(names)} heads in one pass)", unit="epoch"):
-        perm = torch.randperm(len(y_fit), generator=generator).to(y_fit.device)
-        sums, batches = torch.zeros(len(names)), 0
-        for s in range(0, len(perm), schedule.batch_size):
-            idx = perm[s:s + schedule.batch_size]
-            losses = torch.stack([loss_fn(lg, y_fit[idx]) for lg in model(fit(idx))])
-            opt.zero_grad(set_to_none=True)
-            losses.sum().backward()
-            opt.step()
-            lr_schedule.step()
-            sums += losses.detach().cpu()
-            batches += 1
-        scores = {split: evaluate_heads(model, inputs, y) for split, (inputs, y) in evaluations.items()}
-        for i, name in enumerate(names):
-            row = {"epoch": epoch, "head": name, "lr": opt.param_groups[i]["lr"], "loss": float(sums[i]) / batches}
-            curves.append(row | {f"{split}_top1": s[i]["top1"] for split, s in scores.items()})
-    model.eval()
-    return curves
+def unwrap(module: nn.Module) -> nn.Module:
+    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
+
+
+def all_reduce_sum(tensor: torch.Tensor, world: World, device: str = "cpu") -> torch.Tensor:
+    """Sum over ranks, on ``device`` (NCCL reduces only CUDA tensors); returned on the
+    tensor's own device. The identity for one process."""
+    if world.size == 1:
+        return tensor
+    reduced = tensor.to(device)
+    dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
+    return reduced.to(tensor.device)
+
+
+class HeadCheckpoint:
+    """Save every ``every`` steps (and at the end) into ``folder``; ``None`` folder: never.
+
+    Weights under ``frozen_prefix`` (a frozen backbone inside the trained module) are left
+    out: they are the pretrained ones, and for a ViT-H they would be a gigabyte per save."""
+
+    def __init__(self, folder: Optional[str | Path], every: int, world: World, frozen_prefix: Optional[str] = None):
+        self.path = Path(folder) / CHECKPOINT_NAME if folder else None
+        self.every, self.world, self.frozen_prefix = max(int(every), 1), world, frozen_prefix
+
+    def _trained_weights(self, head: nn.Module) -> dict:
+        state = unwrap(head).state_dict()
+        return {k: v for k, v in state.items() if not (self.frozen_prefix and k.startswith(self.frozen_prefix))}
+
+    def _load_weights(self, head: nn.Module, weights: dict) -> None:
+        if not self.frozen_prefix:
+            unwrap(head).load_state_dict(weights)
+            return
+        missing, unexpected = unwrap(head).load_state_dict(weights, strict=False)
+        wrong = unexpected + [k for k in missing if not k.startswith(self.frozen_prefix)]
+        if wrong:
+            raise CheckpointError(f"{self.path}: does not fit this head (keys {wrong[:5]}); "
+                                  "drop --resume or use another --out")
+
+    def restore(self, head: nn.Module, optimizer, scheduler, generator: Optional[torch.Generator],
+                rng: Optional[random.Random]) -> int:
+        """Load the saved state into the given objects; returns the step to continue from (0: fresh)."""
+        if self.path is None or not self.path.exists():
+            return 0
+        state = load_checkpoint(self.path)
+        self._load_weights(head, state["head"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if generator is not None:
+            generator.set_state(state["generator"])
+        if rng is not None:
+            version, internal, gauss = state["python_rng"]
+            rng.setstate((version, tuple(internal), gauss))
+        restore_rng_state(state["global_rng"])
+        return int(state["step"])
+
+    def maybe_save(self, step: int, total: int, head: nn.Module, optimizer, scheduler,
+                   generator: Optional[torch.Generator], rng: Optional[random.Random]) -> None:
+        """After ``step`` steps are done: save on rank 0 when it is time."""
+        if self.path is None or not self.world.is_main or (step % self.every and step != total):
+            return
+        version, internal, gauss = rng.getstate() if rng is not None else (0, (), None)
+        save_checkpoint(self.path, {
+            "step": step, "head": self._trained_weights(head), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "generator": generator.get_state() if generator is not None else torch.zeros(0, dtype=torch.uint8),
+            "python_rng": [version, list(internal), gauss], "global_rng": capture_rng_state(),
+        })

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from evals.features import FeatureSet
-from evals.head_training import topk_correct
+from evals.probe_training import topk_correct
 from evals.linear import SELECTIONS, split_holdout
 
 KS = (10, 20)

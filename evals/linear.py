@@ -1,10 +1,10 @@
 """Linear probes on cached features.
 
 ``linear_probe``: every (feature set x learning rate) head trains in ONE pass over the
-data, DINOv2-style (``evals.head_training``): one module holds all heads, each with its own
-lr, all on one cosine schedule. Feature sets are the protocols of
-``evals.feature_protocols`` (patch mean, class token + patch mean, MAP output; last 1 or
-last 4 blocks), so the backbones' own protocols compete in the same pass. The best head is chosen on
+data, DINOv2-style (``evals.probe_training``): one module holds all heads, each with its own
+lr, all on one cosine schedule. Feature sets are the protocols of ``evals.feature_protocols``
+(patch mean, class token + patch mean, MAP output; last 1 or last 4 blocks), so the
+backbones' own protocols compete in the same pass. The best head is chosen on
 a held-out part of train (default) or on val; either way the choice is recorded, and
 top-1 / top-5 on val are reported for that head.
 
@@ -19,8 +19,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from evals.features import FeatureSet
-from evals.head_training import HeadSchedule, evaluate_heads, topk_correct, train_heads
+from evals.features import FeatureRows, FeatureSet
+from evals.probe_training import HeadSchedule, evaluate_heads, topk_correct, train_heads
 
 SGD_LRS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 ADAMW_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
@@ -35,18 +35,6 @@ def split_holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.nd
     perm = np.random.default_rng(seed).permutation(n)
     n_hold = max(1, int(round(n * fraction)))
     return np.sort(perm[n_hold:]), np.sort(perm[:n_hold])
-
-
-class Standardizer:
-    """Per-dimension mean/std from the training split (what a non-affine BatchNorm in front of
-    the linear layer, the MAE / I-JEPA probe recipe, converges to at evaluation)."""
-
-    def __init__(self, x: torch.Tensor):
-        self.mean = x.mean(0, keepdim=True)
-        self.std = x.std(0, keepdim=True).clamp_min(1e-6)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
 
 
 class LinearHeadGrid(nn.Module):
@@ -68,20 +56,8 @@ class LinearHeadGrid(nn.Module):
                 for head, (_, lr) in zip(self.heads, self.points)]
 
 
-def _tensors(features: FeatureSet, sets: Sequence[str], idx: Optional[np.ndarray], device) -> tuple[dict, torch.Tensor]:
-    pick = (lambda a: np.array(a if idx is None else a[idx]))  # a copy: cached arrays are read-only memmaps
-    x = {fs: torch.from_numpy(pick(features.get(fs))).float().to(device) for fs in sets}
-    y = torch.from_numpy(pick(features.labels)).long().to(device)
-    return x, y
-
-
 def _choose(scores: list[float]) -> int:
     return int(np.argmax(scores))  # first of equals: the grid order is the tie-break
-
-
-def rows(x: dict[str, torch.Tensor]):
-    """Batch indices -> the inputs of those examples, for every feature set."""
-    return lambda idx: {fs: t[idx] for fs, t in x.items()}
 
 
 def head_name(features: str, lr: float) -> str:
@@ -115,22 +91,22 @@ def linear_probe(
     num_classes = int(max(train.labels.max(), val.labels.max())) + 1
     fit_idx, hold_idx = (split_holdout(len(train), holdout_fraction, seed) if selection == "holdout"
                          else (None, None))
-    x_fit, y_fit = _tensors(train, feature_sets, fit_idx, device)
-    x_val, y_val = _tensors(val, feature_sets, None, device)
-    x_hold, y_hold = _tensors(train, feature_sets, hold_idx, device) if hold_idx is not None else (None, None)
+    # Read from the (memory-mapped) cache a block at a time, never as a whole.
+    fit = FeatureRows(train, feature_sets, fit_idx)
+    val_rows = FeatureRows(val, feature_sets)
+    hold = FeatureRows(train, feature_sets, hold_idx) if hold_idx is not None else None
     if standardize:
-        norms = {fs: Standardizer(x_fit[fs]) for fs in feature_sets}
-        for x in filter(None, (x_fit, x_val, x_hold)):
-            for fs in feature_sets:
-                x[fs] = norms[fs](x[fs])
+        moments = fit.moments()
+        for rows in filter(None, (fit, val_rows, hold)):
+            rows.standardize_with(moments)
 
-    model = LinearHeadGrid({fs: x_fit[fs].shape[1] for fs in feature_sets}, lrs, num_classes).to(device)
-    evaluations = {"val": (rows(x_val), y_val)} | ({"holdout": (rows(x_hold), y_hold)} if x_hold is not None else {})
-    curves = train_heads(model, model.param_groups(weight_decay), rows(x_fit), y_fit,
-                         [head_name(f, l) for f, l in model.points], schedule, evaluations, "linear heads")
+    model = LinearHeadGrid(fit.dims, lrs, num_classes).to(device)
+    evaluations = {"val": val_rows} | ({"holdout": hold} if hold is not None else {})
+    curves = train_heads(model, model.param_groups(weight_decay), fit, [head_name(f, l) for f, l in model.points],
+                         schedule, evaluations, device, "linear heads")
 
-    val_scores = evaluate_heads(model, rows(x_val), y_val)
-    hold_scores = evaluate_heads(model, rows(x_hold), y_hold) if x_hold is not None else None
+    val_scores = evaluate_heads(model, val_rows, device)
+    hold_scores = evaluate_heads(model, hold, device) if hold is not None else None
     chooser = hold_scores if hold_scores is not None else val_scores
     best = _choose([s["top1"] for s in chooser])
     fs, lr = model.points[best]
@@ -155,7 +131,7 @@ def linear_probe(
             "weight_decay": weight_decay, "schedule": "cosine to 0, per step", "selection": selection,
             "holdout_fraction": holdout_fraction if selection == "holdout" else None,
             "standardize": standardize, "seed": seed, "num_classes": num_classes,
-            "num_train": int(len(y_fit)), "num_val": int(len(y_val)),
+            "num_train": len(fit), "num_val": len(val_rows),
             "train_augmentation": "none (features cached once, center crop)",
         },
     }

@@ -1,4 +1,5 @@
-"""``tcjepa-eval linear | knn | attentive``: probes on frozen features of an ImageNet-layout tree.
+"""``tcjepa-eval linear | knn | attentive``: probes on frozen features of a classification set
+(ImageNet folders, CIFAR-100, iNat2018; ``--dataset``).
 
 All three extract the features once (cached, ``evals.features``) and record, with each
 result, the feature protocol swept and chosen (``evals.feature_protocols``): by default the
@@ -11,17 +12,12 @@ import argparse
 
 from evals.command_helpers import backbone_from_args, backbone_info, method_name, positive_int, write_record
 
-TASK_PREFIX = "in1k"  # ImageNet-layout data; the tables' "IN-1k" columns
-
-
-def task_name(kind: str) -> str:
-    return f"{TASK_PREFIX}_{kind}"
-
-
 def add_data_arguments(p: argparse.ArgumentParser, features: bool = True) -> None:
     g = p.add_argument_group("data and features")
     # not required by argparse: it may come from --config; checked before any work
     g.add_argument("--data", metavar="DIR", help="root with train/<class>/*.JPEG and val/<class>/*.JPEG (required)")
+    g.add_argument("--dataset", choices=("imagenet", "cifar100", "inat18"), default="imagenet",
+                   help="layout of --data: ImageNet folders, cifar-100-python, or iNat2018 JSON; names the task")
     if features:
         g.add_argument("--features", nargs="+", metavar="PROTOCOL",
                        help="feature protocols to sweep: patch_mean, cls_patch_mean, map (each with :last1 / "
@@ -70,25 +66,35 @@ def add_attentive_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--heads", type=int, default=0, help="attention heads (0: width / 64)")
 
 
-def extract_splits(args, backbone, keep_tokens: bool = False):
-    """(train features, val features, data settings to record) of the --data tree."""
+def extract_splits(args, backbone, world, keep_tokens: bool = False):
+    """(train features, val features, data settings to record, task prefix) of --data."""
     from evals.backbones import UserError
-    from evals.datasets.imagenet import ImageNetFolder, eval_transform
+    from evals.datasets.classification import classification_splits
+    from evals.datasets.imagenet import eval_transform
     from evals.features import extract_features
 
     if not args.data:
         raise UserError("--data DIR is required (or data: in the --config file)")
     transform = eval_transform(backbone.image_size, backbone.mean, backbone.std, args.crop_fraction)
-    train = ImageNetFolder(args.data, "train", transform)
-    val = ImageNetFolder(args.data, "val", transform)
+    train, val, task_prefix = classification_splits(args.dataset, args.data, transform)
     cache = args.cache_dir or f"{args.data}/.feature_cache"
     common = dict(batch_size=args.batch_size, num_workers=args.workers, device=args.device, keep_tokens=keep_tokens)
     f_train = extract_features(backbone, train, cache, desc="train", **common)
     f_val = extract_features(backbone, val, cache, desc="val", **common)
     data = {"data": str(args.data), "num_classes": len(train.classes), "crop_fraction": args.crop_fraction,
             "feature_cache": {"train": f_train.meta["key"], "val": f_val.meta["key"]},
-            "extraction_batch_size": args.batch_size}
-    return f_train, f_val, data
+            "extraction_batch_size": args.batch_size, "dataset": args.dataset}
+    return f_train, f_val, data, task_prefix
+
+
+def prepared_backbone(args):
+    """(world, spec, backbone): under torchrun every rank builds it and extracts its share of
+    the features; the probes are cheap, rank 0 trains them from the shared cache."""
+    from evals.distributed import init_from_env
+
+    world, args.device = init_from_env(args.device)
+    spec, backbone = backbone_from_args(args)
+    return world, spec, backbone
 
 
 def features_record(info: dict, requested, swept: list[str], selected: str) -> dict:
@@ -111,19 +117,21 @@ def cmd_linear(args) -> int:
     from evals.feature_protocols import resolve_features
     from evals.linear import linear_probe, logreg_probe
 
-    spec, backbone = backbone_from_args(args)
+    world, spec, backbone = prepared_backbone(args)
     info = backbone.protocol_info()
     feature_sets = resolve_features(args.features, info)
-    f_train, f_val, data = extract_splits(args, backbone)
+    f_train, f_val, data, prefix = extract_splits(args, backbone, world)
+    if not world.is_main:
+        return 0
     common = dict(feature_sets=feature_sets, selection=args.selection, holdout_fraction=args.holdout_fraction,
                   seed=args.seed)
     results = []
     if args.protocol in ("linear", "both"):
-        results.append((task_name("linear"), linear_probe(
+        results.append((f"{prefix}_linear", linear_probe(
             f_train, f_val, lrs=args.lrs, epochs=args.epochs, batch_size=args.probe_batch_size,
             optimizer=args.optimizer, weight_decay=args.weight_decay, device=args.device, **common)))
     if args.protocol in ("logreg", "both"):
-        results.append((task_name("logreg"), logreg_probe(f_train, f_val, **common)))
+        results.append((f"{prefix}_logreg", logreg_probe(f_train, f_val, **common)))
     for task, result in results:
         features = features_record(info, args.features, feature_sets, result["selected"]["features"])
         record_result(args, spec, backbone, task, result, data, features)
@@ -134,27 +142,31 @@ def cmd_knn(args) -> int:
     from evals.feature_protocols import resolve_features
     from evals.knn import knn_probe
 
-    spec, backbone = backbone_from_args(args)
+    world, spec, backbone = prepared_backbone(args)
     info = backbone.protocol_info()
     feature_sets = resolve_features(args.features, info)
-    f_train, f_val, data = extract_splits(args, backbone)
+    f_train, f_val, data, prefix = extract_splits(args, backbone, world)
+    if not world.is_main:
+        return 0
     result = knn_probe(f_train, f_val, feature_sets, ks=args.ks, temperature=args.temperature,
                        selection=args.selection, holdout_fraction=args.holdout_fraction, seed=args.seed,
                        device=args.device)
     features = features_record(info, args.features, feature_sets, result["selected"]["features"])
-    record_result(args, spec, backbone, task_name("knn"), result, data, features)
+    record_result(args, spec, backbone, f"{prefix}_knn", result, data, features)
     return 0
 
 
 def cmd_attentive(args) -> int:
     from evals.attentive import attentive_probe
 
-    spec, backbone = backbone_from_args(args)
-    f_train, f_val, data = extract_splits(args, backbone, keep_tokens=True)
+    world, spec, backbone = prepared_backbone(args)
+    f_train, f_val, data, prefix = extract_splits(args, backbone, world, keep_tokens=True)
+    if not world.is_main:
+        return 0
     result = attentive_probe(f_train, f_val, lrs=args.lrs, epochs=args.epochs, batch_size=args.probe_batch_size,
                              weight_decay=args.weight_decay, num_heads=args.heads, selection=args.selection,
                              holdout_fraction=args.holdout_fraction, seed=args.seed, device=args.device)
     features = {"default": "patch tokens", "requested": None, "swept": ["tokens:last1"], "selected": "tokens:last1",
                 "selected_is": "patch tokens of the last block, attended by a learned query"}
-    record_result(args, spec, backbone, task_name("attentive"), result, data, features)
+    record_result(args, spec, backbone, f"{prefix}_attentive", result, data, features)
     return 0

@@ -15,8 +15,10 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from .errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A config problem the user can fix; the message names the source and the key."""
 
 

@@ -26,7 +26,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from tcjepa.models.vit import TIMM_NAMES, VIT_ARCHS, JEPAViT, build_encoder
-from tcjepa.train.checkpoint import atomic_write, load_checkpoint
+from tcjepa.train.checkpoint import Checkpointer, atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +231,7 @@ def export_encoder(
 ) -> Path:
     """Write ``ckpt[key]`` as a timm + transformers export folder; returns ``out_dir``."""
     ckpt_path, out_dir = Path(ckpt_path), Path(out_dir)
-    ckpt = load_checkpoint(ckpt_path, allow_pickle=allow_pickle)
+    ckpt = Checkpointer.read(ckpt_path, allow_pickle=allow_pickle)
     model, info = _encoder_from_checkpoint(ckpt, key, ckpt_path)
     state = model.state_dict()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -298,7 +298,7 @@ def load_encoder(
     elif path.suffix == ".safetensors":
         model, info = _encoder_from_export(path.parent)
     elif path.is_file():
-        model, info = _encoder_from_checkpoint(load_checkpoint(path, allow_pickle), key, path)
+        model, info = _encoder_from_checkpoint(Checkpointer.read(path, allow_pickle), key, path)
     else:
         raise ExportError(f"{path}: no such checkpoint file or export folder")
     return model.eval(), info

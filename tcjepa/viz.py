@@ -54,7 +54,7 @@ def _denormalize(img: torch.Tensor, mean=(0.485, 0.456, 0.406), std=(0.229, 0.22
 @torch.no_grad()
 def plot_grounding_maps(
     model,
-    batch: dict,
+    batch,
     word_tokens: Sequence[Sequence[str]],
     out_png: Path,
     num_images: int = 4,
@@ -66,27 +66,24 @@ def plot_grounding_maps(
     ``word_tokens[b]`` are the tokens of image b's first caption, aligned with its features.
     """
     model.eval()
-    out = model.predict(
-        batch["images"], batch["context_idx"], batch["target_idx"], batch.get("context_valid"),
-        batch["text"], batch["text_mask"], return_attention=True,
-    )
+    out = model.predict(batch, return_attention=True)
     if not out.attention:
         raise ValueError("this model has no word cross-attention to draw (I-JEPA or a caption-level variant)")
     attn = out.attention[layer]  # (B, N, M*T, S)
     gh, gw = model.grid_size
-    Kc = batch["context_idx"].shape[1]
+    Kc = batch.context_idx.shape[1]
     B = min(num_images, attn.shape[0])
     fig, axes = plt.subplots(B, 2, figsize=(9, 3.6 * B), squeeze=False)
     cmap = plt.get_cmap("tab20")
     for b in range(B):
         words = list(word_tokens[b])
-        n_words = int(batch["text_mask"][b, 0].sum())
+        n_words = int(batch.word_mask[b, 0].sum())
         a = attn[b, 0, :, :n_words]  # tokens of caption 0
-        Kt = batch["target_idx"].shape[2]
-        positions = torch.cat([batch["context_idx"][b], batch["target_idx"][b, 0]]).cpu()
+        Kt = batch.target_idx.shape[2]
+        positions = torch.cat([batch.context_idx[b], batch.target_idx[b, 0]]).cpu()
         rows = torch.cat([torch.arange(Kc), torch.arange(Kc, Kc + Kt)])  # block 0 tokens
         is_target = torch.cat([torch.zeros(Kc, dtype=torch.bool), torch.ones(Kt, dtype=torch.bool)])
-        valid = batch.get("context_valid")
+        valid = batch.context_valid
         if valid is not None:
             keep = torch.cat([valid[b].cpu(), torch.ones(Kt, dtype=torch.bool)])
             positions, rows, is_target = positions[keep], rows[keep], is_target[keep]
@@ -97,8 +94,8 @@ def plot_grounding_maps(
         for pos, w, t in zip(positions.tolist(), best.tolist(), is_target.tolist()):
             grid[pos // gw, pos % gw] = w
             hidden[pos // gw, pos % gw] |= t
-        axes[b, 0].imshow(_denormalize(batch["images"][b]))
-        caption = batch["captions"][b][0] if "captions" in batch else " ".join(words)
+        axes[b, 0].imshow(_denormalize(batch.images[b]))
+        caption = batch.captions[b][0] if batch.captions is not None else " ".join(words)
         axes[b, 0].set_title(_wrap(caption), fontsize=8)
         colours = np.ones((gh, gw, 3)) * 0.85
         used = sorted(set(grid[grid >= 0].tolist()))

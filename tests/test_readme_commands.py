@@ -38,9 +38,12 @@ SHRINK = {
     "tcjepa-data scenes": "--train 40 --val 12 --workers 1 --quiet",
     "tcjepa-data masks": "--batches 2 --batch-size 8",
     "tcjepa-data to-wds": "--quiet",
+    "tcjepa-data captions": "--max-new-tokens 8 --quiet",
+    "tcjepa-data transfer": "--train 8 --val 4",
     "tcjepa-train --config configs/cpu/": "optim.max_steps=2 optim.batch_size=8 optim.warmup_epochs=0 "
                                           "data.num_workers=0 train.ckpt_every=2 train.log_every=1",
     "tcjepa-eval linear": "--epochs 1 --lrs 0.1 --workers 0",
+    "torchrun --nproc_per_node 2 -m evals.cli linear": "--epochs 1 --lrs 0.1 --workers 0",
     "tcjepa-eval knn": "--workers 0",
     "tcjepa-eval attentive": "--epochs 1 --workers 0",
     "tcjepa-eval ade20k": "--iters 2 --warmup-iters 1 --crop-size 64 --batch-size 2",
@@ -55,7 +58,7 @@ NOT_RUN = {
     ".venv/bin/python -m evals.demo --seeds": ("a multi-seed study, about an hour on 2 cores", "skip"),
     ".venv/bin/python -m evals.ablations": ("the ablation study, hours on 2 cores", "skip"),
     "tcjepa-train --config configs/pretrain/": ("ViT-L/H pretraining on ImageNet needs the data and GPUs", "config"),
-    "torchrun ": ("needs 8 GPUs", "config"),
+    "torchrun --nproc_per_node 8": ("needs 8 GPUs", "config"),
 }
 # Without the OpenMMLab stack the mm engines cannot run; their fallbacks run the same protocol.
 MM_FALLBACK = {"--engine mmseg": "--engine torch", "--engine mmdet": "--engine torchvision"}
@@ -107,6 +110,8 @@ def argv_of(command: str) -> list[str]:
         return [sys.executable, "-c", f"import sys; from {module} import {function} as f; sys.exit(f())", *words[1:]]
     if words[0] in ("python", ".venv/bin/python", "python3"):
         return [sys.executable, *words[1:]]
+    if words[0] == "torchrun":  # the venv's, launching the venv's python
+        return [str(Path(sys.executable).parent / "torchrun"), *words[1:]]
     return words
 
 

@@ -6,8 +6,10 @@ fix, so the command-line tools print it as one line without a traceback.
 """
 from __future__ import annotations
 
+from ..errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError, ValueError):
     """Bad input data; the message names the file (and line) and what to do about it."""
 
 

@@ -109,7 +109,7 @@ class ResumableDataLoader(DataLoader):
         sampler = self.sampler
         try:
             for batch in super().__iter__():
-                sampler.advance(len(batch["sample_idx"]))
+                sampler.advance(len(batch))
                 yield batch
         except DataError as e:
             # A worker's DataError comes back as "Caught DataError in DataLoader worker ...

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from tcjepa.config import ConfigError, MaskConfig
+from tcjepa.data.batch import JEPABatch
 
 _MAX_REDRAWS = 100  # position redraws per image before a config is declared infeasible
 _MASK_STREAM = 3  # keeps mask seeds apart from the dataset (1) and sampler (2) streams
@@ -29,10 +30,9 @@ TextLookup = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 class MultiBlockMaskCollator:
     """Collate samples into the pretraining batch and draw its context / target masks.
 
-    Batch: images (B, 3, H, W); context_idx (B, Kc) int64 row-major patch indices; context_valid
-    (B, Kc) bool in "pad" mode else None; target_idx (B, M, Kt) int64; caption_ids (B, N) int64;
-    captions (B lists of N strings); sample_idx (B,) int64; and text / text_mask from
-    ``text_lookup(caption_ids)`` when it is given.
+    Returns a ``JEPABatch`` (``data/batch.py`` lists its fields and shapes); ``context_valid``
+    is set in "pad" mode only, ``text`` / ``word_mask`` come from ``text_lookup(caption_ids)``
+    when it is given (a feature cache, read here in the loader's workers).
     """
 
     def __init__(self, cfg: MaskConfig, grid: tuple[int, int], seed: int = 0,
@@ -129,7 +129,7 @@ class MultiBlockMaskCollator:
 
     # ------------------------------------------------------------------ collation
 
-    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+    def __call__(self, samples: list[dict[str, Any]]) -> JEPABatch:
         images = [s["image"] for s in samples]
         if not all(isinstance(x, torch.Tensor) for x in images):
             raise TypeError("samples must hold image tensors; give the dataset a transform (e.g. PretrainTransform)")
@@ -137,15 +137,12 @@ class MultiBlockMaskCollator:
         caption_ids = torch.tensor([list(s["caption_ids"]) for s in samples], dtype=torch.int64)
         epoch = int(samples[0].get("epoch", 0))
         masks = self.sample(len(samples), (epoch, *sample_idx.tolist()))
-        batch = {"images": torch.stack(images).float(),
-                 "context_idx": masks["context_idx"],
-                 "context_valid": masks["context_valid"],
-                 "target_idx": masks["target_idx"],
-                 "caption_ids": caption_ids,
-                 "captions": [list(s["captions"]) for s in samples],
-                 "sample_idx": sample_idx}
+        batch = JEPABatch(images=torch.stack(images).float(), context_idx=masks["context_idx"],
+                          target_idx=masks["target_idx"], context_valid=masks["context_valid"],
+                          caption_ids=caption_ids, captions=[list(s["captions"]) for s in samples],
+                          sample_idx=sample_idx)
         if self.text_lookup is not None:
-            batch["text"], batch["text_mask"] = self.text_lookup(caption_ids)
+            batch.text, batch.word_mask = self.text_lookup(caption_ids)
         return batch
 
 

@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .regularizers import word_cosines
+from .losses import word_cosines
 
 
 def mean_caption_vector(text: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:

@@ -1,42 +1,42 @@
 """Context encoder + EMA target encoder + predictor + loss. I-JEPA when text is off.
 
-``JEPA.forward`` returns a dict of loss terms and statistics; it never logs.
+``JEPA.forward(batch)`` returns a dict of loss terms and statistics (``losses.py``); it never
+logs. ``JEPA.update_target`` is the EMA step of the target encoder, kept with the model it
+updates.
 """
 from __future__ import annotations
 
 import copy
-from typing import Optional
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..config import Config
-from ..train.optim import ema_update
+from ..data.batch import JEPABatch
+from .losses import jepa_objective
 from .predictor import Predictor, PredictorOutput
-from .regularizers import grounding_terms
 from .vit import build_encoder, gather_tokens
 
 
-def prediction_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
-    """pred, target (..., E). smooth_l1 (I-JEPA code), l2 (paper: squared L2 per token,
-    averaged over tokens) or mse (per element)."""
-    pred, target = pred.float(), target.float()
-    if kind == "smooth_l1":
-        return F.smooth_l1_loss(pred, target)
-    if kind == "l2":
-        return (pred - target).pow(2).sum(-1).mean()
-    if kind == "mse":
-        return F.mse_loss(pred, target)
-    raise ValueError(f"unknown pred_loss {kind!r}")
-
-
-def token_spread(features: torch.Tensor) -> torch.Tensor:
-    """Per-channel std across every token of the batch, averaged over channels: the collapse check.
-
-    Targets are layer-normed per token, so their std over channels is 1 by construction and
-    says nothing; a collapsed encoder maps all tokens to one vector, which drives this to 0."""
-    return features.float().flatten(0, -2).std(dim=0).mean()
+@torch.no_grad()
+def ema_update(
+    target_params: Iterable[torch.Tensor], online_params: Iterable[torch.Tensor], momentum: float
+) -> None:
+    """target = momentum * target + (1 - momentum) * online, as two multi-tensor kernels."""
+    target = list(target_params)
+    online = list(online_params)
+    if len(target) != len(online):
+        raise ValueError(
+            f"ema_update: {len(target)} target tensors vs {len(online)} online tensors; pass the "
+            "parameters of the same architecture in the same order"
+        )
+    if not target:
+        return
+    online = [o.detach() for o in online]
+    torch._foreach_mul_(target, momentum)
+    torch._foreach_add_(target, online, alpha=1.0 - momentum)
 
 
 class JEPA(nn.Module):
@@ -75,45 +75,18 @@ class JEPA(nn.Module):
         B, M, Kt = target_idx.shape
         return gather_tokens(h, target_idx.reshape(B, M * Kt)).reshape(B, M, Kt, -1)
 
-    def predict(
-        self,
-        images: torch.Tensor,
-        context_idx: torch.Tensor,
-        target_idx: torch.Tensor,
-        context_valid: Optional[torch.Tensor] = None,
-        text: Optional[torch.Tensor] = None,
-        text_mask: Optional[torch.Tensor] = None,
-        return_attention: bool = False,
-    ) -> PredictorOutput:
-        z = self.encoder.forward_features(images, context_idx, context_valid)
-        return self.predictor(z, context_idx, target_idx, context_valid, text, text_mask, return_attention)
+    def predict(self, batch: JEPABatch, return_attention: bool = False) -> PredictorOutput:
+        """Context encoder on the batch's context patches, then the predictor (with the
+        batch's words when the model has text)."""
+        z = self.encoder.forward_features(batch.images, batch.context_idx, batch.context_valid)
+        return self.predictor(z, batch.context_idx, batch.target_idx, batch.context_valid, batch.text,
+                              batch.word_mask, return_attention)
 
-    def forward(
-        self,
-        images: torch.Tensor,
-        context_idx: torch.Tensor,
-        target_idx: torch.Tensor,
-        context_valid: Optional[torch.Tensor] = None,
-        text: Optional[torch.Tensor] = None,
-        text_mask: Optional[torch.Tensor] = None,
-    ) -> dict[str, torch.Tensor]:
+    def forward(self, batch: JEPABatch) -> dict[str, torch.Tensor]:
         if not self.text_enabled:
-            text = text_mask = None  # I-JEPA: captions in the batch are simply unused
-        target = self.targets(images, target_idx)
-        out = self.predict(images, context_idx, target_idx, context_valid, text, text_mask)
-        loss_pred = prediction_loss(out.pred, target, self.cfg.loss.pred_loss)
-        stats = {"loss_pred": loss_pred.detach(), "target_std": token_spread(target).detach()}
-        loss = loss_pred
-        if out.cosines:
-            terms = grounding_terms(out.cosines, out.word_mask, out.token_valid)
-            loss = loss + self.cfg.loss.sparse_weight * terms.sparse + self.cfg.loss.consist_weight * terms.consist
-            stats.update(
-                loss_sparse=terms.sparse.detach(),
-                loss_consist=terms.consist.detach(),
-                positive_cosine_fraction=terms.positive_fraction,
-            )
-        stats["loss"] = loss
-        return stats
+            batch = batch.with_text(None, None)  # I-JEPA: captions in the batch are simply unused
+        target = self.targets(batch.images, batch.target_idx)
+        return jepa_objective(self.predict(batch), target, self.cfg.loss)
 
     @torch.no_grad()
     def update_target(self, momentum: float) -> None:

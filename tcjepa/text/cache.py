@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..errors import UserError
 from .encoder import FrozenTextEncoder, sanitize_captions
 
 logger = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ META_FILE = "meta.json"
 FEATURES_FILE = "features.f16"
 
 
-class TextCacheError(ValueError):
+class TextCacheError(UserError, ValueError):
     """A text cache that does not fit (other caption list, encoder or max_words; damaged files).
 
     Command-line tools print it as one line and exit 2."""

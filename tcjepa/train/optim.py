@@ -1,4 +1,4 @@
-"""AdamW parameter groups, I-JEPA's lr / weight-decay / EMA schedules, and the EMA update.
+"""AdamW parameter groups and I-JEPA's lr / weight-decay / EMA-momentum schedules.
 
 Schedules are pure functions of the optimizer step, so resuming at step ``s`` needs nothing
 but ``s`` (no scheduler objects to checkpoint, no replaying of ``.step()`` calls).
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -175,22 +174,3 @@ class Schedules:
             if g.get("apply_wd", True):
                 g["weight_decay"] = wd
         return lr, wd
-
-
-@torch.no_grad()
-def ema_update(
-    target_params: Iterable[torch.Tensor], online_params: Iterable[torch.Tensor], momentum: float
-) -> None:
-    """target = momentum * target + (1 - momentum) * online, as two multi-tensor kernels."""
-    target = list(target_params)
-    online = list(online_params)
-    if len(target) != len(online):
-        raise ValueError(
-            f"ema_update: {len(target)} target tensors vs {len(online)} online tensors; pass the "
-            "parameters of the same architecture in the same order"
-        )
-    if not target:
-        return
-    online = [o.detach() for o in online]
-    torch._foreach_mul_(target, momentum)
-    torch._foreach_add_(target, online, alpha=1.0 - momentum)

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tcjepa.models.regularizers import grounding_terms, word_cosines
+from tcjepa.models.losses import grounding_terms, word_cosines
 
 
 def reference_terms(qs, ks, mask, token_valid=None):

@@ -59,16 +59,16 @@ def test_batch_contract(scenes_root, mode):
     loader, sampler, dataset = build_pretrain_loader(cfg, (4, 4), text_lookup=text_lookup)
     batch = next(iter(loader))
     B = 4  # 8 / (1 rank x 2 accumulation steps)
-    assert batch["images"].shape == (B, 3, 32, 32) and batch["images"].dtype == torch.float32
-    assert batch["context_idx"].dtype == torch.int64 and batch["context_idx"].shape[0] == B
-    assert batch["target_idx"].shape[:2] == (B, cfg.mask.num_targets)
-    assert (batch["context_valid"] is None) == (mode == "random")
-    assert batch["caption_ids"].shape == (B, 5) and batch["caption_ids"].dtype == torch.int64
-    assert len(batch["captions"]) == B and all(len(c) == 5 for c in batch["captions"])
+    assert batch.images.shape == (B, 3, 32, 32) and batch.images.dtype == torch.float32
+    assert batch.context_idx.dtype == torch.int64 and batch.context_idx.shape[0] == B
+    assert batch.target_idx.shape[:2] == (B, cfg.mask.num_targets)
+    assert (batch.context_valid is None) == (mode == "random")
+    assert batch.caption_ids.shape == (B, 5) and batch.caption_ids.dtype == torch.int64
+    assert len(batch.captions) == B and all(len(c) == 5 for c in batch.captions)
     texts = dataset.caption_texts()
-    assert [[texts[i] for i in row] for row in batch["caption_ids"].tolist()] == batch["captions"]
-    assert batch["sample_idx"].shape == (B,) and batch["text"].shape == (B, 5, 6, 4)
-    assert batch["text_mask"].shape == (B, 5, 6) and torch.equal(calls[0], batch["caption_ids"])
+    assert [[texts[i] for i in row] for row in batch.caption_ids.tolist()] == batch.captions
+    assert batch.sample_idx.shape == (B,) and batch.text.shape == (B, 5, 6, 4)
+    assert batch.word_mask.shape == (B, 5, 6) and torch.equal(calls[0], batch.caption_ids)
     assert sampler.position == B
 
 
@@ -94,7 +94,7 @@ def test_loader_resume_gives_identical_batches(scenes_root):
     assert len(resumed) == 8
     for a, b in zip(run[4:], resumed):
         for key in ("images", "context_idx", "target_idx", "caption_ids", "sample_idx"):
-            assert torch.equal(a[key], b[key]), key
+            assert torch.equal(getattr(a, key), getattr(b, key)), key
 
 
 def test_loader_config_errors(scenes_root):
@@ -119,6 +119,6 @@ def test_workers_match_main_process_and_count_bad_samples(scenes_root, tmp_path)
         loader, sampler, dataset = build_pretrain_loader(cfg, (4, 4), batch_size=6)
         batches[workers] = list(loader)
         assert dataset.bad_samples == 1  # seen from the main process, counted in a worker
-        assert all(3 not in b["sample_idx"].tolist() for b in batches[workers])
+        assert all(3 not in b.sample_idx.tolist() for b in batches[workers])
     for a, b in zip(batches[0], batches[2]):
-        assert torch.equal(a["images"], b["images"]) and torch.equal(a["context_idx"], b["context_idx"])
+        assert torch.equal(a.images, b.images) and torch.equal(a.context_idx, b.context_idx)

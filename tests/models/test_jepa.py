@@ -3,7 +3,9 @@ import torch
 import torch.nn.functional as F
 
 from tcjepa.config import load_config
-from tcjepa.models.jepa import JEPA, prediction_loss, token_spread
+from tcjepa.data.batch import JEPABatch
+from tcjepa.models.jepa import JEPA
+from tcjepa.models.losses import prediction_loss, token_spread
 
 TINY = ["model.encoder=vit_pico", "model.patch_size=8", "data.image_size=32", "model.predictor_depth=2",
         "model.predictor_width=32", "model.predictor_heads=2", "text.dim=12"]
@@ -11,12 +13,12 @@ TINY = ["model.encoder=vit_pico", "model.patch_size=8", "data.image_size=32", "m
 
 def batch(B=3, M=2, Kt=3, Kc=6, N=2, S=4, grid=16):
     g = torch.Generator().manual_seed(0)
-    return dict(
+    return JEPABatch(
         images=torch.randn(B, 3, 32, 32, generator=g),
         context_idx=torch.stack([torch.randperm(grid, generator=g)[:Kc] for _ in range(B)]),
         target_idx=torch.randint(0, grid, (B, M, Kt), generator=g),
         text=torch.randn(B, N, S, 12, generator=g),
-        text_mask=torch.ones(B, N, S, dtype=torch.bool),
+        word_mask=torch.ones(B, N, S, dtype=torch.bool),
     )
 
 
@@ -24,16 +26,16 @@ def test_ijepa_mode_is_the_ijepa_objective():
     torch.manual_seed(0)
     model = JEPA(load_config(None, TINY + ["text.enabled=false"]))
     b = batch()
-    out = model(**b)
+    out = model(b)
     assert set(out) == {"loss", "loss_pred", "target_std"}
     # Recompute I-JEPA by hand: layer-normed target features, context encoder on kept
     # patches, predictor on (context + mask tokens), smooth L1.
     with torch.no_grad():
-        h = F.layer_norm(model.target_encoder.forward_features(b["images"]), (64,))
-        B, M, Kt = b["target_idx"].shape
-        tgt = torch.stack([h[i, b["target_idx"][i].reshape(-1)] for i in range(B)]).reshape(B, M, Kt, 64)
-        z = model.encoder.forward_features(b["images"], b["context_idx"])
-        pred = model.predictor(z, b["context_idx"], b["target_idx"]).pred
+        h = F.layer_norm(model.target_encoder.forward_features(b.images), (64,))
+        B, M, Kt = b.target_idx.shape
+        tgt = torch.stack([h[i, b.target_idx[i].reshape(-1)] for i in range(B)]).reshape(B, M, Kt, 64)
+        z = model.encoder.forward_features(b.images, b.context_idx)
+        pred = model.predictor(z, b.context_idx, b.target_idx).pred
     torch.testing.assert_close(out["loss"], F.smooth_l1_loss(pred, tgt))
     assert not any("xattn" in n for n, _ in model.named_parameters())
 
@@ -41,7 +43,7 @@ def test_ijepa_mode_is_the_ijepa_objective():
 def test_tcjepa_loss_adds_weighted_regularizers_and_text_gets_gradients():
     torch.manual_seed(0)
     model = JEPA(load_config(None, TINY + ["loss.sparse_weight=0.1", "loss.consist_weight=0.5"]))
-    out = model(**batch())
+    out = model(batch())
     want = out["loss_pred"] + 0.1 * out["loss_sparse"] + 0.5 * out["loss_consist"]
     torch.testing.assert_close(out["loss"].detach(), want)
     out["loss"].backward()
@@ -53,7 +55,7 @@ def test_tcjepa_loss_adds_weighted_regularizers_and_text_gets_gradients():
 def test_regularizer_weights_zero_turn_them_off():
     torch.manual_seed(0)
     model = JEPA(load_config(None, TINY + ["loss.sparse_weight=0", "loss.consist_weight=0"]))
-    out = model(**batch())
+    out = model(batch())
     torch.testing.assert_close(out["loss"].detach(), out["loss_pred"])
 
 
@@ -63,7 +65,7 @@ def test_centered_grounding_keys_reach_every_conditioned_layer():
     centered = JEPA(load_config(None, TINY + ["model.grounding_keys=centered"]))
     centered.load_state_dict(raw.state_dict())
     assert all(blk.xattn.center_keys for blk in centered.predictor.blocks)
-    out_raw, out_c = raw(**batch()), centered(**batch())
+    out_raw, out_c = raw(batch()), centered(batch())
     torch.testing.assert_close(out_c["loss_pred"], out_raw["loss_pred"])  # same attention
     assert out_c["loss_sparse"].item() != pytest.approx(out_raw["loss_sparse"].item())
 
@@ -72,9 +74,9 @@ def test_text_changes_the_prediction():
     torch.manual_seed(0)
     model = JEPA(load_config(None, TINY))
     b = batch()
-    a = model(**b)["loss_pred"]
-    b["text"] = torch.randn_like(b["text"])
-    assert model(**b)["loss_pred"] != a
+    a = model(b)["loss_pred"]
+    b.text = torch.randn_like(b.text)
+    assert model(b)["loss_pred"] != a
 
 
 @pytest.mark.parametrize("kind", ["smooth_l1", "l2", "mse"])

@@ -8,7 +8,7 @@ from timm.models.vision_transformer import Block
 
 from tcjepa.models.conditioning import CaptionPool, TextCrossAttention, centered_keys
 from tcjepa.models.predictor import Predictor
-from tcjepa.models.regularizers import grounding_terms, word_cosines
+from tcjepa.models.losses import grounding_terms, word_cosines
 
 torch.manual_seed(0)
 

@@ -11,17 +11,16 @@ from tcjepa.train import checkpoint as ckpt_mod
 from tcjepa.train.checkpoint import (
     LATEST_POINTER,
     CheckpointError,
-    capture_rng_state,
     checkpoint_name,
     find_resume_checkpoint,
     list_checkpoints,
     load_checkpoint,
     prune_checkpoints,
     resolve_resume,
-    restore_rng_state,
     save_checkpoint,
     save_run_checkpoint,
 )
+from tcjepa.train.rng import capture_rng_state, restore_rng_state
 
 
 def training_state(step: int) -> dict:

@@ -141,7 +141,6 @@ def _fsdp_jepa_worker(info):
     from tcjepa.config import load_config
     from tcjepa.data.masks import MultiBlockMaskCollator
     from tcjepa.models.jepa import JEPA
-    from tcjepa.train.loop import model_inputs
 
     cfg = load_config(None, ["model.encoder=vit_pico", "model.patch_size=8", "data.image_size=64",
                              "model.predictor_depth=3", "model.predictor_width=32", "model.predictor_heads=2",
@@ -154,10 +153,9 @@ def _fsdp_jepa_worker(info):
     batch = MultiBlockMaskCollator(cfg.mask, plain.grid_size, seed=0)(
         [{"image": torch.randn(3, 64, 64, generator=g), "sample_idx": i, "epoch": 0, "caption_ids": [2 * i, 2 * i + 1],
           "captions": ["a", "b"]} for i in range(4)])
-    batch["text"] = torch.randn(4, 2, 6, 16, generator=g)
-    batch["text_mask"] = torch.arange(6) < torch.tensor([[[3], [6]]] * 4)
-    inputs = model_inputs(batch)
-    want, got = plain(**inputs), sharded(**inputs)
+    batch.text = torch.randn(4, 2, 6, 16, generator=g)
+    batch.word_mask = torch.arange(6) < torch.tensor([[[3], [6]]] * 4)
+    want, got = plain(batch), sharded(batch)
     assert got["loss_consist"] > 0
     for key in ("loss", "loss_pred", "loss_sparse", "loss_consist"):
         torch.testing.assert_close(got[key], want[key], msg=key)

@@ -6,7 +6,8 @@ from torch import nn
 
 from tcjepa.config import OptimConfig
 from tcjepa.models.vit import build_encoder
-from tcjepa.train.optim import Schedules, build_optimizer, build_param_groups, ema_update
+from tcjepa.models.jepa import ema_update
+from tcjepa.train.optim import Schedules, build_optimizer, build_param_groups
 
 
 class Toy(nn.Module):

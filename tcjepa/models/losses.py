@@ -1,6 +1,10 @@
-"""Unsupervised patch-word grounding regularizers (TC-JEPA, SPEC section 2).
+"""The training objective, in one place: prediction loss, grounding regularizers, their sum.
 
-For conditioned layer l, predictor token i and word s of caption n:
+    loss = L_pred + loss.sparse_weight * L_sparse + loss.consist_weight * L_consist
+
+``prediction_loss``: the predictor's output against the layer-normed target features.
+Unsupervised patch-word grounding regularizers (TC-JEPA, docs/SPEC.md section 2): for
+conditioned layer l, predictor token i and word s of caption n:
     O_is^(l) = max(cos(q_i^(l), K_s^(l)), 0)        (padding words excluded)
     L_sparse  = mean_i (1/L) sum_l sum_s O_is^(l)
     L_consist = mean_i (1/L) sum_l sum_s |O_is^(l) - Obar_is|,   Obar = (1/L) sum_l O^(l)
@@ -9,10 +13,53 @@ both computed per caption and averaged over captions.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from ..config import LossConfig
+    from .predictor import PredictorOutput
+
+
+def jepa_objective(out: "PredictorOutput", target: torch.Tensor, cfg: "LossConfig") -> dict[str, torch.Tensor]:
+    """The loss (``loss``, with gradients) and its detached terms, from the predictor's output
+    and the target features; the regularizers join when the predictor returned cosine maps."""
+    loss_pred = prediction_loss(out.pred, target, cfg.pred_loss)
+    stats = {"loss_pred": loss_pred.detach(), "target_std": token_spread(target).detach()}
+    loss = loss_pred
+    if out.cosines:
+        terms = grounding_terms(out.cosines, out.word_mask, out.token_valid)
+        loss = loss + cfg.sparse_weight * terms.sparse + cfg.consist_weight * terms.consist
+        stats.update(
+            loss_sparse=terms.sparse.detach(),
+            loss_consist=terms.consist.detach(),
+            positive_cosine_fraction=terms.positive_fraction,
+        )
+    stats["loss"] = loss
+    return stats
+
+
+def prediction_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """pred, target (..., E). smooth_l1 (I-JEPA code), l2 (paper: squared L2 per token,
+    averaged over tokens) or mse (per element)."""
+    pred, target = pred.float(), target.float()
+    if kind == "smooth_l1":
+        return F.smooth_l1_loss(pred, target)
+    if kind == "l2":
+        return (pred - target).pow(2).sum(-1).mean()
+    if kind == "mse":
+        return F.mse_loss(pred, target)
+    raise ValueError(f"unknown pred_loss {kind!r}")
+
+
+def token_spread(features: torch.Tensor) -> torch.Tensor:
+    """Per-channel std across every token of the batch, averaged over channels: the collapse check.
+
+    Targets are layer-normed per token, so their std over channels is 1 by construction and
+    says nothing; a collapsed encoder maps all tokens to one vector, which drives this to 0."""
+    return features.float().flatten(0, -2).std(dim=0).mean()
 
 
 def word_cosines(q: torch.Tensor, k: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:

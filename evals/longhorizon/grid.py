@@ -1,0 +1,164 @@
+"""The seeds x variants grid of the long-horizon study: resumable runs, one CSV row per checkpoint.
+
+A task is (checkpoint k, variant, seed): train the run to the k-th evaluation step, evaluate
+its target encoder on the held-out scenes (and, for text runs, the caption gap), append the
+row to the run's ``eval.csv``, checkpoint. Tasks run in order of k, so every variant and
+seed reaches the small budgets before any run goes further ("smallest cells first"), and
+a killed grid restarts where it stopped: finished rows are skipped, a run resumes from its
+last checkpoint (and retrains deterministically to a lost row's step).
+
+Several processes share one device by taking runs round-robin (``shard``): run r belongs to
+process r mod K, which keeps each run's tasks in order.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from evals.longhorizon.evaluate import evaluate_encoder
+from evals.longhorizon.text_gap import text_gap
+from evals.results import git_state, hardware
+from tcjepa.study.device_scenes import heldout_set
+from tcjepa.study.text_bank import TextBank, build_text_bank
+from tcjepa.study.trainer import StudyRun
+from tcjepa.study.variants import VARIANTS, StudySettings
+
+FIELDS = ("variant", "seed", "step", "budget", "probe_top1", "seg_miou", "train_loss",
+          "loss_true", "loss_shuffled", "text_gap", "text_gap_relative", "stated_share",
+          "stated_0-0.05_gap", "stated_0.05-0.5_gap", "stated_0.5-1_gap",
+          "stated_0-0.05_blocks", "stated_0.05-0.5_blocks", "stated_0.5-1_blocks", "blocks",
+          "train_seconds", "eval_seconds", "threads", "commit", "dirty", "hardware", "command", "date")
+
+
+def run_dir(work: Path, variant: str, seed: int) -> Path:
+    return work / f"{variant}-s{seed}"
+
+
+def read_rows(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def append_row(path: Path, row: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.is_file()
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        writer.writerow({k: row.get(k, "") for k in FIELDS})
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_plan(work: Path, settings: StudySettings, seeds: list[int], variants: list[str]) -> None:
+    """The grid's settings, fixed at its first launch: a later launch must ask for the same."""
+    plan = {"settings": asdict(settings), "seeds": seeds, "variants": variants}
+    path = work / "plan.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old["settings"] != json.loads(json.dumps(plan["settings"])):
+            raise SystemExit(f"{path}: this grid was started with other settings ({old['settings']}); "
+                             f"use another --work folder")
+        plan["seeds"] = sorted(set(old["seeds"]) | set(seeds))
+        plan["variants"] = list(dict.fromkeys([*old["variants"], *variants]))
+    work.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(plan, indent=1) + "\n")
+
+
+class Grid:
+    def __init__(self, work: Path, settings: StudySettings, seeds: list[int], variants: list[str],
+                 device: str = "cpu", shard: tuple[int, int] = (0, 1), heldout: int = 4000,
+                 gap_scenes: int = 512, ckpt_every: int = 100, text_bank: Optional[Path] = None,
+                 eval_options: Optional[dict] = None, log=print):
+        unknown = [v for v in variants if v not in VARIANTS]
+        if unknown:
+            raise SystemExit(f"unknown variants {unknown}; known: {sorted(VARIANTS)}")
+        self.work, self.settings, self.device = work, settings, torch.device(device)
+        self.runs = [(v, s) for v in variants for s in seeds]
+        self.mine = [r for i, r in enumerate(self.runs) if i % shard[1] == shard[0]]
+        self.heldout_count, self.gap_scenes, self.ckpt_every = heldout, gap_scenes, ckpt_every
+        self.text_bank_path = text_bank or work / "text_bank"
+        self.log = log
+        self.eval_options = eval_options or {}
+        commit, dirty = git_state()
+        self.meta = {"commit": os.environ.get("TCJEPA_COMMIT", commit or "unknown"), "dirty": dirty,
+                     "hardware": hardware() if self.device.type == "cuda" else f"{hardware()}, {platform.node()}",
+                     "command": shlex.join(["python -m evals.longhorizon.study", *sys.argv[1:]]),
+                     "threads": torch.get_num_threads()}
+        self._heldout = self._bank = None
+
+    # Built on first use: a process whose tasks are all done renders nothing.
+    def heldout(self):
+        if self._heldout is None:
+            s = self.settings
+            self._heldout = heldout_set(s.data_seed, self.heldout_count, s.image_size, s.num_captions,
+                                        device=self.device)
+        return self._heldout
+
+    def bank(self) -> TextBank:
+        if self._bank is None:
+            self._bank = TextBank.from_cache(build_text_bank(self.text_bank_path), self.device)
+        return self._bank
+
+    def tasks(self) -> list[tuple[int, str, int]]:
+        return [(k, v, s) for k in range(len(self.settings.eval_steps)) for v, s in self.mine]
+
+    def done(self, variant: str, seed: int, step: int) -> bool:
+        return any(int(r["step"]) == step for r in read_rows(run_dir(self.work, variant, seed) / "eval.csv"))
+
+    def run_all(self, until: Optional[int] = None) -> int:
+        """Do every missing task (up to checkpoint step ``until``); returns how many were done."""
+        todo = [t for t in self.tasks() if not self.done(t[1], t[2], self.settings.eval_steps[t[0]])
+                and (until is None or self.settings.eval_steps[t[0]] <= until)]
+        self.log(f"{len(todo)} of {len(self.tasks())} tasks to do in {self.work}")
+        for k, variant, seed in todo:
+            self.run_task(variant, seed, self.settings.eval_steps[k])
+        return len(todo)
+
+    def run_task(self, variant: str, seed: int, step: int) -> dict:
+        v = VARIANTS[variant]
+        folder = run_dir(self.work, variant, seed)
+        run = StudyRun(v, self.settings, seed, folder, self.bank() if v.text else None, self.device)
+        start = run.resume()
+        if start > step:
+            raise SystemExit(f"{folder}: checkpoint at step {start} is past the missing row of step {step}; "
+                             f"delete the folder to redo the run")
+        t0 = time.time()
+        out = None
+        while run.step < step:
+            out = run.advance(min(step, (run.step // self.ckpt_every + 1) * self.ckpt_every))
+            if run.step < step:
+                run.save()
+        train_seconds = time.time() - t0
+        t1 = time.time()
+        row = {"variant": variant, "seed": seed, "step": step, "budget": self.settings.budget,
+               "train_loss": "" if out is None else out["loss"].detach().item()}
+        # Step 0 is the untrained encoder, the same for every variant of a seed: evaluated once,
+        # in the I-JEPA run (the report names that row "untrained").
+        if step > 0 or variant == "ijepa":
+            row.update(evaluate_encoder(run.model.target_encoder, self.heldout(), seed, **self.eval_options))
+        if v.text:
+            held = self.heldout()
+            fit = len(held) // 2
+            row.update(text_gap(run, held.select(slice(fit, fit + self.gap_scenes))))
+        row.update(self.meta, train_seconds=round(train_seconds, 1), eval_seconds=round(time.time() - t1, 1),
+                   date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        append_row(folder / "eval.csv", row)
+        run.save()
+        self.log(f"{variant} seed {seed} step {step}: probe {row.get('probe_top1', '-')} "
+                 f"mIoU {row.get('seg_miou', '-')} gap {row.get('text_gap', '-')} "
+                 f"({train_seconds:.0f} s train, {row['eval_seconds']} s eval)")
+        return row

@@ -1,0 +1,131 @@
+"""The long-horizon study (results/studies/long-horizon/PROTOCOL.md): run the grid, write the report.
+
+    python -m evals.longhorizon.study run --work runs/long-horizon/cpu --budget 1000
+    python -m evals.longhorizon.study run --work runs/long-horizon/gpu --budget 20000 --device cuda --workers 6
+    python -m evals.longhorizon.study report --work runs/long-horizon/cpu --out results/studies/long-horizon/cpu
+    python -m evals.longhorizon.study speed --threads 1       # steps/s of one run of each variant
+
+``run`` is resumable: run it again (same settings) and it continues where it stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tcjepa.study.variants import VARIANTS, StudySettings, default_eval_steps
+
+GRID_VARIANTS = ("ijepa", "tc_paper", "tc_shuffled", "tc_centered", "tc_centered_shuffled", "ijepa_adam2500")
+
+
+def log(msg: str) -> None:
+    print(f"[long-horizon {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _settings(args) -> StudySettings:
+    steps = tuple(args.eval_steps) if args.eval_steps else default_eval_steps(args.budget)
+    return StudySettings(budget=args.budget, eval_steps=steps, batch_size=args.batch_size,
+                         image_size=args.image_size)
+
+
+def _spawn_workers(args, argv: list[str]) -> int:
+    """K copies of this command, each with --shard i/K; they share the device."""
+    procs = []
+    for i in range(args.workers):
+        cmd = [sys.executable, "-m", "evals.longhorizon.study", *argv, "--workers", "1", "--shard", f"{i}/{args.workers}"]
+        logf = open(Path(args.work) / f"worker{i}.log", "a")
+        procs.append((subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT), logf))
+    codes = [p.wait() for p, _ in procs]
+    for _, f in procs:
+        f.close()
+    return max(codes)
+
+
+def cmd_run(args, argv: list[str]) -> int:
+    import torch
+
+    from evals.longhorizon.grid import Grid, write_plan
+
+    settings = _settings(args)
+    work = Path(args.work)
+    if args.shard == "0/1":  # the launching process; the workers it spawns find the plan written
+        write_plan(work, settings, args.seeds, args.variants)
+    if args.workers > 1:
+        return _spawn_workers(args, argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    i, k = (int(x) for x in args.shard.split("/"))
+    grid = Grid(work, settings, args.seeds, args.variants, device=args.device, shard=(i, k),
+                heldout=args.heldout, gap_scenes=args.gap_scenes, ckpt_every=args.ckpt_every, log=log)
+    grid.run_all(args.until)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from evals.longhorizon.report import write_report
+
+    rows = write_report(Path(args.work), Path(args.out))
+    log(f"{len(rows)} rows -> {args.out}")
+    return 0
+
+
+def cmd_speed(args) -> int:
+    import torch
+
+    from tcjepa.study.text_bank import TextBank, build_text_bank
+    from tcjepa.study.trainer import StudyRun, steps_per_second
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = _settings(args)
+    bank = TextBank.from_cache(build_text_bank(Path(args.work) / "text_bank"), args.device)
+    for name in args.variants:
+        run = StudyRun(VARIANTS[name], settings, 0, Path(args.work) / "speed" / name, bank, args.device)
+        print(f"{name}: {steps_per_second(run, args.steps):.3f} steps/s (batch {settings.batch_size}, "
+              f"{torch.get_num_threads()} threads, {args.device})", flush=True)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m evals.longhorizon.study", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    for name in ("run", "speed"):
+        s = sub.add_parser(name)
+        s.add_argument("--work", required=True, help="runs folder (checkpoints, eval.csv per run, the text bank)")
+        s.add_argument("--budget", type=int, default=1000, help="steps per run (the schedules span them)")
+        s.add_argument("--eval-steps", type=int, nargs="+", help="checkpoints to evaluate (default: 0 and budget/16 .. budget)")
+        s.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+        s.add_argument("--variants", nargs="+", default=list(GRID_VARIANTS), choices=sorted(VARIANTS))
+        s.add_argument("--batch-size", type=int, default=64)
+        s.add_argument("--image-size", type=int, default=64)
+        s.add_argument("--device", default="cpu")
+        s.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    run = sub.choices["run"]
+    run.add_argument("--workers", type=int, default=1, help="processes sharing the device, runs dealt round-robin")
+    run.add_argument("--shard", default="0/1", help=argparse.SUPPRESS)
+    run.add_argument("--heldout", type=int, default=4000, help="held-out scenes: first half fits the heads")
+    run.add_argument("--gap-scenes", type=int, default=512, help="held-out scenes for the caption gap")
+    run.add_argument("--ckpt-every", type=int, default=100)
+    run.add_argument("--until", type=int, help="stop after the checkpoints up to this step (e.g. the caption-gap pilot)")
+    sub.choices["speed"].add_argument("--steps", type=int, default=5)
+    rep = sub.add_parser("report")
+    rep.add_argument("--work", required=True)
+    rep.add_argument("--out", required=True)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    if args.command == "run":
+        forwarded = [a for i, a in enumerate(argv) if a not in ("--workers",) and (i == 0 or argv[i - 1] != "--workers")]
+        return cmd_run(args, forwarded)
+    return cmd_report(args) if args.command == "report" else cmd_speed(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

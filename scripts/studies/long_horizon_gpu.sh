@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The long-horizon study's GPU grid (results/studies/long-horizon/PROTOCOL.md), smallest cells
+# first, inside a time budget (default 560 s: one 10-minute device call):
+#   bash scripts/studies/long_horizon_gpu.sh [out_dir]      (default results/studies/long-horizon/gpu)
+#   WORK=/path/kept/between/calls BUDGET_S=560 bash scripts/studies/long_horizon_gpu.sh
+# Stages: CUDA check; the fast path's steps/s on the GPU (one process, then WORKERS processes
+# sharing it); the 2000-step grid (3 seeds x 6 variants, WORKERS processes dealt runs
+# round-robin); then the 20000-step grid with whatever time is left. Each grid is resumable
+# (rerun the same command with the same WORK: finished rows are kept, runs resume from their
+# checkpoints), and after every stage the report (rows, summary, verdict, curves) is rewritten
+# into out_dir, so a call cut short keeps every row it evaluated. Checkpoints stay in WORK
+# (about 20 MB per run): on a machine that does not keep WORK between calls, a grid that does
+# not finish in one call restarts its unfinished runs, keeping their evaluated rows.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${1:-results/studies/long-horizon/gpu}
+WORK=${WORK:-runs/long-horizon/gpu}
+PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}
+BUDGET_S=${BUDGET_S:-560}
+WORKERS=${WORKERS:-6}
+mkdir -p "$OUT" "$WORK"
+end=$((SECONDS + BUDGET_S))
+
+stage() {  # stage NAME CAP_S COMMAND...
+  local name=$1 cap=$2; shift 2
+  local left=$((end - SECONDS)); local t=$(( cap < left ? cap : left ))
+  if (( t < 20 )); then echo "== $name: skipped, budget spent"; return; fi
+  echo "== $name (up to ${t}s): $*"
+  local t0=$SECONDS
+  timeout --signal=INT --kill-after=10 "$t" "$@"
+  echo "== $name: rc=$? in $((SECONDS - t0))s"
+  return 0
+}
+report() {  # report GRID
+  "$PY" -m evals.longhorizon.study report --work "$WORK/$1" --out "$OUT/$1"
+  cp "$WORK/$1"/worker*.log "$OUT/$1/" 2>/dev/null || true
+}
+
+"$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(), 'torch', torch.__version__)" || exit 1
+# The text bank once, shared by both grids (the MiniLM encoder runs on the CPU cores: ~1 min).
+mkdir -p "$WORK/budget2000" "$WORK/budget20000"
+stage text_bank 120 "$PY" -c "from tcjepa.study.text_bank import build_text_bank; build_text_bank('$WORK/budget2000/text_bank')"
+[ -d "$WORK/budget20000/text_bank" ] || cp -r "$WORK/budget2000/text_bank" "$WORK/budget20000/"
+# 1. Speed: steps/s of one run of each kind (the grids log their own train seconds per segment).
+stage speed 60 "$PY" -m evals.longhorizon.study speed --work "$WORK/budget2000" --device cuda --variants ijepa tc_paper --steps 50 | tee "$OUT/speed.txt"
+# 2. The 2000-step grid: checkpoints 125, 250, 500, 1000, 2000.
+stage grid2000 400 "$PY" -m evals.longhorizon.study run --work "$WORK/budget2000" --budget 2000 --device cuda --workers "$WORKERS"
+report budget2000
+# 3. The 20000-step grid: checkpoints 1250, 2500, 5000, 10000, 20000 (several calls).
+stage grid20000 100000 "$PY" -m evals.longhorizon.study run --work "$WORK/budget20000" --budget 20000 --device cuda --workers "$WORKERS"
+report budget20000
+echo "done: $OUT ($SECONDS s)"

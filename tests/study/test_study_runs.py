@@ -1,0 +1,101 @@
+"""Study runs resume exactly, the grid skips finished rows, the caption-gap measure is sound."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from evals.longhorizon.evaluate import SegmentationSettings
+from evals.longhorizon.grid import Grid, read_rows
+from evals.longhorizon.report import compare, write_report
+from evals.longhorizon.text_gap import block_statement_share, object_statement_share
+from tcjepa.study.device_scenes import MAX_OBJECTS, render_block
+from tcjepa.study.text_bank import TextBank
+from tcjepa.study.trainer import StudyRun, shuffle_captions
+from tcjepa.study.variants import VARIANTS, StudySettings
+from tcjepa.train.checkpoint import CheckpointError
+
+SETTINGS = StudySettings(budget=4, eval_steps=(0, 2, 4), batch_size=8)
+
+
+def _bank() -> TextBank:
+    """Random word features for the whole vocabulary: the runs only need their shapes."""
+    from tcjepa.study.scene_family import VOCABULARY_SIZE
+
+    g = torch.Generator().manual_seed(0)
+    mask = torch.arange(8)[None] < torch.randint(3, 9, (VOCABULARY_SIZE, 1), generator=g)
+    return TextBank(torch.randn(VOCABULARY_SIZE, 8, 384, generator=g).half(), mask)
+
+
+def test_a_resumed_run_continues_exactly(tmp_path):
+    bank = _bank()
+    whole = StudyRun(VARIANTS["tc_paper"], SETTINGS, 0, tmp_path / "whole", bank)
+    whole.advance(3)
+    first = StudyRun(VARIANTS["tc_paper"], SETTINGS, 0, tmp_path / "split", bank)
+    first.advance(1)
+    first.save()
+    second = StudyRun(VARIANTS["tc_paper"], SETTINGS, 0, tmp_path / "split", bank)
+    assert second.resume() == 1
+    second.advance(3)
+    for a, b in zip(whole.model.state_dict().values(), second.model.state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(CheckpointError, match="tc_paper seed 0"):
+        StudyRun(VARIANTS["ijepa"], SETTINGS, 0, tmp_path / "split", None).resume()
+
+
+def test_the_second_moment_boost_multiplies_the_encoder_state(tmp_path):
+    run = StudyRun(VARIANTS["ijepa"], SETTINGS, 0, tmp_path / "r", None)
+    run.advance(1)
+    p = next(q for q in run.model.encoder.parameters() if q in run.optimizer.state)
+    before = run.optimizer.state[p]["exp_avg_sq"].clone()
+    run.boost_encoder_second_moment(2500.0)
+    assert torch.allclose(run.optimizer.state[p]["exp_avg_sq"], before * 2500)
+
+
+def test_shuffled_captions_never_keep_their_own():
+    ids = torch.arange(12).view(6, 2)
+    assert not (shuffle_captions(ids) == ids).all(1).any()
+
+
+def test_statement_share_counts_stated_attributes_of_object_pixels():
+    scenes = render_block(0, "train", 9, 16)
+    share = object_statement_share(scenes)
+    present = scenes.object_present
+    # Shape, size and position are always stated, so every captioned object has >= 3/5.
+    assert torch.all(share[present] >= 0.6 - 1e-6) and torch.all(share[~present] == 0)
+    target_idx = torch.arange(64).view(1, 1, 64).expand(16, 1, 64)  # one block: the whole image
+    whole = block_statement_share(scenes, target_idx, 8)[:, 0]
+    lut = torch.cat([torch.zeros(16, 1), share], 1)
+    expected = torch.gather(lut, 1, scenes.instances.view(16, -1).long()).mean(1)
+    assert torch.allclose(whole, expected, atol=1e-6)
+    assert MAX_OBJECTS == share.shape[1]
+
+
+def test_verdict_rule():
+    assert compare({0: 30.0, 1: 31.0, 2: 32.0}, {0: 20.0, 1: 21.0, 2: 22.0})["verdict"] == "ahead"
+    assert compare({0: 30.0, 1: 31.0, 2: 32.0}, {0: 30.5, 1: 30.0, 2: 31.0})["verdict"] == "level"
+    assert compare({0: 1.0}, {0: 2.0}) is None  # one seed is no spread
+
+
+@pytest.mark.slow
+def test_the_grid_writes_rows_and_resumes(tmp_path, monkeypatch):
+    import evals.longhorizon.grid as grid_module
+
+    monkeypatch.setattr(grid_module.Grid, "bank", lambda self: _bank())
+    options = {"probe_epochs": 2, "seg_settings": SegmentationSettings(iters=5, batch_size=8, lr=1e-2, warmup_iters=1)}
+    make = lambda steps: Grid(tmp_path, StudySettings(budget=4, eval_steps=steps, batch_size=8), [0, 1],  # noqa: E731
+                              ["ijepa", "tc_shuffled"], heldout=32, gap_scenes=16, ckpt_every=1,
+                              eval_options=options, log=lambda m: None)
+    assert make((0, 2)).run_all() == 8
+    assert make((0, 2)).run_all() == 0  # nothing left
+    rows = read_rows(tmp_path / "tc_shuffled-s1" / "eval.csv")
+    assert [int(r["step"]) for r in rows] == [0, 2]
+    assert rows[0]["probe_top1"] == "" and rows[1]["probe_top1"] != "" and rows[1]["text_gap"] != ""
+    report = write_report(tmp_path, tmp_path / "report")
+    assert {r["variant"] for r in report} == {"untrained", "ijepa", "tc_shuffled"}
+    assert (tmp_path / "report" / "curves.png").is_file()
+    from evals.longhorizon.study import main
+
+    assert main(["report", "--work", str(tmp_path), "--out", str(tmp_path / "cli")]) == 0
+    assert "tc_shuffled" in (tmp_path / "cli" / "summary.csv").read_text()
