@@ -243,6 +243,8 @@ def test_help_examples_parse(script, monkeypatch, capsys):
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
     for example in examples:
         argv = [w for w in shlex.split(example)[1:] if w != "..."]
+        missing = [w for w in argv if w.startswith("configs/") and not (ROOT / w).exists()]
+        assert not missing, f"`{example}` from {script} --help names files that do not exist: {missing}"
         try:
             main(argv)
         except Parsed:
