@@ -11,6 +11,7 @@ Backbones are the paper's (JEPA ViTs, random weights: speed does not depend on t
   head_seg        one step of the ADE20k linear head on cached crop features (torch engine)
   head_seg_online one step with the backbone forward of the crops (the online mode)
   head_det        one Mask R-CNN training step, frozen backbone + simple pyramid (torchvision)
+  head_upernet    one ADE20k fine-tuning step, backbone + UperNet (mmseg; skipped without it)
 
 Target: ViT-L/16 at 224 px, bf16, >= 2000 images/s of extraction on one H100/H200.
 
@@ -160,6 +161,36 @@ def det_step(backbone, size: int, batch: int, device: torch.device):
     return step
 
 
+def upernet_step(backbone, crop: int, batch: int, classes: int, device: torch.device):
+    """One UperNet fine-tuning step through mmseg's model (backbone trained too); needs mmseg."""
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+
+    from evals.segmentation.torch_engine import SegmentationSettings
+    from evals.segmentation.upernet_finetune import BACKBONE_LR_MULT, build_model, upernet_config
+
+    settings = SegmentationSettings(crop_size=crop, stride=crop * 2 // 3)
+    model = build_model(upernet_config(backbone, classes, settings)).to(device).train()
+    head_params = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
+    opt = torch.optim.AdamW([{"params": head_params},
+                             {"params": list(model.backbone.parameters()), "lr": 1e-4 * BACKBONE_LR_MULT}], lr=1e-4)
+    inputs = torch.randn(batch, 3, crop, crop, device=device)
+    samples = []
+    for _ in range(batch):
+        sample = SegDataSample(gt_sem_seg=PixelData(data=torch.randint(classes, (1, crop, crop), device=device)))
+        sample.set_metainfo(dict(img_shape=(crop, crop), pad_shape=(crop, crop)))
+        samples.append(sample)
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            losses = model.loss(inputs, samples)
+        loss = sum(v for k, v in losses.items() if "loss" in k)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
 def head_rows(backbone, model: str, args, device: torch.device) -> list[dict]:
     cpu = device.type != "cuda"
     crop, seg_batch = (224, 4) if cpu else (512, 16)
@@ -172,12 +203,19 @@ def head_rows(backbone, model: str, args, device: torch.device) -> list[dict]:
         "head_seg_online": (lambda: seg_head_step(backbone, crop, seg_batch, 150, True, device),
                             f"{seg_batch} crops of {crop} px through the backbone"),
         "head_det": (lambda: det_step(backbone, det_size, det_batch, device), f"{det_batch} images of {det_size} px"),
+        "head_upernet": (lambda: upernet_step(backbone, crop, seg_batch, 150, device),
+                         f"{seg_batch} crops of {crop} px, backbone + UperNet trained (mmseg)"),
     }
     rows = []
     for kind, (make, what) in steps.items():
         if kind.split("_")[1] not in args.heads:
             continue
-        seconds = timed(make(), device, args.head_iters, 1)
+        try:
+            step = make()
+        except ImportError as e:  # the mm stack is optional
+            print(f"{kind}: skipped ({e})")
+            continue
+        seconds = timed(step, device, args.head_iters, 1)
         rows.append({"kind": kind, "model": model, "what": what, "dtype": "fp32" if cpu else "bf16",
                      "s_per_iter": seconds})
     return rows
@@ -191,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=16, help="extraction batch (default: %(default)s)")
     p.add_argument("--iters", type=int, default=8, help="timed extraction batches (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--heads", default="linear,seg,det", help="head trainings to time (default: %(default)s)")
+    p.add_argument("--heads", default="linear,seg,det,upernet", help="head trainings to time (default: %(default)s)")
     p.add_argument("--head-iters", type=int, default=3, help="timed steps per head (default: %(default)s)")
     p.add_argument("--out", default="results/bench", help="folder for the JSON + CSV ('' = print only)")
     p.add_argument("--tag", default=None, help="file name suffix (default: the device type)")

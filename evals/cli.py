@@ -8,6 +8,8 @@
     tcjepa-eval attentive --ckpt runs/x --data DIR/imagenet --out results/runs
     tcjepa-eval ade20k --backbone ijepa --weights IN1K-vit.h.14-300e.pth.tar --data DIR/ADEChallengeData2016
     tcjepa-eval coco --ckpt export_dir --data DIR/coco
+    tcjepa-eval linear --dataset cifar100 --data DIR/cifar --ckpt runs/x    # also inat18; voc, ade20k-ft commands
+    torchrun --nproc_per_node 8 -m evals.cli linear --ckpt runs/x --data DIR/imagenet  # any command, 8 GPUs
     tcjepa-eval tables --out results/ --runs results/runs
 
 User errors (bad path, unknown backbone, mismatched checkpoint, wrong dataset layout, bad

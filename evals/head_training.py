@@ -85,30 +85,43 @@ class HeadCheckpoint:
 
     def restore(self, head: nn.Module, optimizer, scheduler, generator: Optional[torch.Generator],
                 rng: Optional[random.Random]) -> int:
-        """Load the saved state into the given objects; returns the step to continue from (0: fresh)."""
+        """Load the saved state into the given objects; returns the step to continue from (0: fresh).
+        Each rank gets back its own random streams (a run resumed on another number of ranks
+        gets rank 0's and says so)."""
         if self.path is None or not self.path.exists():
             return 0
         state = load_checkpoint(self.path)
         self._load_weights(head, state["head"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        streams = state["random_streams"]
+        if len(streams) != self.world.size:
+            print(f"{self.path}: saved by {len(streams)} rank(s), resumed on {self.world.size}: "
+                  "every rank continues rank 0's random streams")
+        mine = streams[self.world.rank] if len(streams) == self.world.size else streams[0]
         if generator is not None:
-            generator.set_state(state["generator"])
+            generator.set_state(mine["generator"])
         if rng is not None:
-            version, internal, gauss = state["python_rng"]
+            version, internal, gauss = mine["python_rng"]
             rng.setstate((version, tuple(internal), gauss))
-        restore_rng_state(state["global_rng"])
+        restore_rng_state(mine["global_rng"])
         return int(state["step"])
 
     def maybe_save(self, step: int, total: int, head: nn.Module, optimizer, scheduler,
                    generator: Optional[torch.Generator], rng: Optional[random.Random]) -> None:
-        """After ``step`` steps are done: save on rank 0 when it is time."""
-        if self.path is None or not self.world.is_main or (step % self.every and step != total):
+        """After ``step`` steps are done, when it is time: gather every rank's random streams
+        (call on all ranks) and save on rank 0."""
+        if self.path is None or (step % self.every and step != total):
             return
         version, internal, gauss = rng.getstate() if rng is not None else (0, (), None)
-        save_checkpoint(self.path, {
-            "step": step, "head": self._trained_weights(head), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "generator": generator.get_state() if generator is not None else torch.zeros(0, dtype=torch.uint8),
-            "python_rng": [version, list(internal), gauss], "global_rng": capture_rng_state(),
-        })
+        stream = {"generator": generator.get_state() if generator is not None else torch.zeros(0, dtype=torch.uint8),
+                  "python_rng": [version, list(internal), gauss], "global_rng": capture_rng_state()}
+        streams = [stream]
+        if self.world.size > 1:
+            streams = [None] * self.world.size
+            dist.all_gather_object(streams, stream)
+        if self.world.is_main:
+            save_checkpoint(self.path, {
+                "step": step, "head": self._trained_weights(head), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "random_streams": streams,
+            })

@@ -36,8 +36,8 @@ def encoder_features(encoder, scenes: SceneBatch, batch_size: int = 250) -> tupl
     for s in range(0, len(scenes), batch_size):
         blocks = encoder.forward_block_outputs(scenes.select(slice(s, s + batch_size)).normalized_images(), 4)
         means = [b.mean(1) for b in blocks]
-        pooled.append(torch.cat([means[-1], *means], 1).cpu())
-        grids.append(blocks[-1].transpose(1, 2).reshape(len(blocks[-1]), -1, h, w).cpu())
+        pooled.append(torch.cat([means[-1], *means], 1).cpu())  # the probe takes numpy features
+        grids.append(blocks[-1].transpose(1, 2).reshape(len(blocks[-1]), -1, h, w))
     return torch.cat(pooled), torch.cat(grids)
 
 
@@ -48,9 +48,10 @@ def _feature_set(pooled: torch.Tensor, labels: torch.Tensor, width: int) -> Feat
 
 
 def probe_top1(pooled: torch.Tensor, labels: torch.Tensor, width: int, fit: int, seed: int,
-               epochs: int = PROBE_EPOCHS) -> float:
+               epochs: int = PROBE_EPOCHS, device: str = "cpu") -> float:
     result = linear_probe(_feature_set(pooled[:fit], labels[:fit], width),
-                          _feature_set(pooled[fit:], labels[fit:], width), epochs=epochs, seed=seed)
+                          _feature_set(pooled[fit:], labels[fit:], width), epochs=epochs, seed=seed,
+                          device=device)
     return float(result["top1"])
 
 
@@ -63,14 +64,15 @@ def seg_labels(segmentation: torch.Tensor) -> torch.Tensor:
 def segmentation_miou(grids: torch.Tensor, segmentation: torch.Tensor, fit: int, patch_size: int,
                       seed: int, settings: SegmentationSettings = SEG_SETTINGS) -> float:
     torch.manual_seed(seed)
-    labels = seg_labels(segmentation.cpu())
-    head = LinearSegmentationHead(grids.shape[1], len(SHAPES))
+    device = grids.device
+    labels = seg_labels(segmentation)
+    head = LinearSegmentationHead(grids.shape[1], len(SHAPES)).to(device)
     optimizer = torch.optim.AdamW(head.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, settings))
     g = torch.Generator().manual_seed(seed)
     head.train()
     for _ in range(settings.iters):
-        idx = torch.randint(fit, (settings.batch_size,), generator=g)
+        idx = torch.randint(fit, (settings.batch_size,), generator=g).to(device)
         logits = upsample_logits(head([grids[idx]]), labels.shape[-2:], patch_size)
         loss = F.cross_entropy(logits, labels[idx], ignore_index=IGNORE_INDEX)
         optimizer.zero_grad(set_to_none=True)
@@ -79,12 +81,12 @@ def segmentation_miou(grids: torch.Tensor, segmentation: torch.Tensor, fit: int,
             optimizer.step()
         schedule.step()
     head.eval()
-    confusion = torch.zeros(len(SHAPES), len(SHAPES), dtype=torch.long)
+    confusion = torch.zeros(len(SHAPES), len(SHAPES), dtype=torch.long, device=device)
     with torch.no_grad():
         for s in range(fit, len(grids), 250):
             logits = upsample_logits(head([grids[s:s + 250]]), labels.shape[-2:], patch_size)
             confusion = update_confusion(confusion, logits.argmax(1), labels[s:s + 250])
-    return float(segmentation_metrics(confusion, SHAPES)["mIoU"])
+    return float(segmentation_metrics(confusion.cpu(), SHAPES)["mIoU"])
 
 
 def evaluate_encoder(encoder, heldout: SceneBatch, seed: int, probe_epochs: int = PROBE_EPOCHS,
@@ -92,5 +94,6 @@ def evaluate_encoder(encoder, heldout: SceneBatch, seed: int, probe_epochs: int 
     """{"probe_top1", "seg_miou"} of a frozen encoder; the first half of ``heldout`` fits the heads."""
     fit = len(heldout) // 2
     pooled, grids = encoder_features(encoder, heldout)
-    return {"probe_top1": probe_top1(pooled, heldout.labels, encoder.embed_dim, fit, seed, probe_epochs),
+    device = str(heldout.images.device)
+    return {"probe_top1": probe_top1(pooled, heldout.labels, encoder.embed_dim, fit, seed, probe_epochs, device),
             "seg_miou": segmentation_miou(grids, heldout.segmentation, fit, encoder.patch_size, seed, seg_settings)}

@@ -96,7 +96,7 @@ class Grid:
         commit, dirty = git_state()
         self.meta = {"commit": os.environ.get("TCJEPA_COMMIT", commit or "unknown"), "dirty": dirty,
                      "hardware": hardware() if self.device.type == "cuda" else f"{hardware()}, {platform.node()}",
-                     "command": shlex.join(["python -m evals.longhorizon.study", *sys.argv[1:]]),
+                     "command": " ".join(["python -m evals.longhorizon.study", shlex.join(sys.argv[1:])]),
                      "threads": torch.get_num_threads()}
         self._heldout = self._bank = None
 
@@ -124,9 +124,13 @@ class Grid:
         todo = [t for t in self.tasks() if not self.done(t[1], t[2], self.settings.eval_steps[t[0]])
                 and (until is None or self.settings.eval_steps[t[0]] <= until)]
         self.log(f"{len(todo)} of {len(self.tasks())} tasks to do in {self.work}")
+        done = 0
         for k, variant, seed in todo:
-            self.run_task(variant, seed, self.settings.eval_steps[k])
-        return len(todo)
+            step = self.settings.eval_steps[k]
+            if not self.done(variant, seed, step):  # another process (a pilot) may have done it since
+                self.run_task(variant, seed, step)
+                done += 1
+        return done
 
     def run_task(self, variant: str, seed: int, step: int) -> dict:
         v = VARIANTS[variant]

@@ -161,3 +161,21 @@ def write_report(work: Path, out: Path) -> list[dict]:
     if any(r.get("probe_top1") for r in rows):
         plot_curves(rows, out / "curves.png")
     return rows
+
+
+def gap_check(work: Path, step: int, threshold: float = 0.02, variant: str = "tc_paper") -> tuple[int, str]:
+    """The protocol's pre-run check: (exit code, message). 0: the caption gap of ``variant`` at
+    ``step`` (mean over its seeds, relative to the shuffled-caption loss) reaches ``threshold``;
+    3: it is below (the captions add nothing: change the scenes before longer runs); 4: no row yet."""
+    rows = [r for r in collect(work) if r["variant"] == variant and int(r["step"]) == step
+            and r.get("text_gap_relative") not in ("", None)]
+    if not rows:
+        return 4, f"no caption-gap row of {variant} at step {step} in {work} yet"
+    gaps = [float(r["text_gap_relative"]) for r in rows]
+    mean = statistics.fmean(gaps)
+    detail = ", ".join(f"seed {r['seed']}: gap {float(r['text_gap']):.5f} ({float(r['text_gap_relative']):.2%})"
+                       for r in rows)
+    if mean < threshold:
+        return 3, (f"caption gap of {variant} at step {step} is {mean:.2%} of the shuffled loss, below "
+                   f"{threshold:.0%} ({detail}): the protocol changes the scenes before longer runs")
+    return 0, f"caption gap of {variant} at step {step}: {mean:.2%} of the shuffled loss ({detail})"

@@ -3,7 +3,8 @@
     python -m evals.longhorizon.study run --work runs/long-horizon/cpu --budget 1000
     python -m evals.longhorizon.study run --work runs/long-horizon/gpu --budget 20000 --device cuda --workers 6
     python -m evals.longhorizon.study report --work runs/long-horizon/cpu --out results/studies/long-horizon/cpu
-    python -m evals.longhorizon.study speed --threads 1       # steps/s of one run of each variant
+    python -m evals.longhorizon.study gap-check --work runs/long-horizon/cpu --step 250   # the pre-run check
+    python -m evals.longhorizon.study speed --work runs/long-horizon/cpu --threads 1    # steps/s per variant
 
 ``run`` is resumable: run it again (same settings) and it continues where it stopped.
 """
@@ -31,6 +32,24 @@ def _settings(args) -> StudySettings:
                          image_size=args.image_size)
 
 
+def set_threads(requested: int, device: str, processes: int = 1) -> None:
+    """``requested`` intra-op threads; by default (0) on a CPU the idle cores (on a busy 2-core
+    machine one thread ran the study's step ~6x faster than two: OpenMP threads wait on
+    descheduled siblings, the text cache builder's finding too), and with a GPU shared by
+    ``processes`` workers, their share of the host's cores."""
+    import torch
+
+    from tcjepa.text.cache import _build_threads
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if requested:
+        torch.set_num_threads(requested)
+    elif device == "cpu" and hasattr(os, "getloadavg"):
+        torch.set_num_threads(_build_threads(torch.get_num_threads(), cpus, os.getloadavg()[0]))
+    elif device != "cpu":
+        torch.set_num_threads(max(1, cpus // processes))
+
+
 def _spawn_workers(args, argv: list[str]) -> int:
     """K copies of this command, each with --shard i/K; they share the device."""
     procs = []
@@ -45,8 +64,6 @@ def _spawn_workers(args, argv: list[str]) -> int:
 
 
 def cmd_run(args, argv: list[str]) -> int:
-    import torch
-
     from evals.longhorizon.grid import Grid, write_plan
 
     settings = _settings(args)
@@ -55,9 +72,8 @@ def cmd_run(args, argv: list[str]) -> int:
         write_plan(work, settings, args.seeds, args.variants)
     if args.workers > 1:
         return _spawn_workers(args, argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     i, k = (int(x) for x in args.shard.split("/"))
+    set_threads(args.threads, args.device, k)
     grid = Grid(work, settings, args.seeds, args.variants, device=args.device, shard=(i, k),
                 heldout=args.heldout, gap_scenes=args.gap_scenes, ckpt_every=args.ckpt_every, log=log)
     grid.run_all(args.until)
@@ -78,8 +94,7 @@ def cmd_speed(args) -> int:
     from tcjepa.study.text_bank import TextBank, build_text_bank
     from tcjepa.study.trainer import StudyRun, steps_per_second
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads, args.device)
     settings = _settings(args)
     bank = TextBank.from_cache(build_text_bank(Path(args.work) / "text_bank"), args.device)
     for name in args.variants:
@@ -102,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--batch-size", type=int, default=64)
         s.add_argument("--image-size", type=int, default=64)
         s.add_argument("--device", default="cpu")
-        s.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+        s.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default; on a CPU, its idle cores)")
     run = sub.choices["run"]
     run.add_argument("--workers", type=int, default=1, help="processes sharing the device, runs dealt round-robin")
     run.add_argument("--shard", default="0/1", help=argparse.SUPPRESS)
@@ -114,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report")
     rep.add_argument("--work", required=True)
     rep.add_argument("--out", required=True)
+    gap = sub.add_parser("gap-check", help="the protocol's pre-run check on the caption gap (exit 0 pass, 3 fail, 4 no row)")
+    gap.add_argument("--work", required=True)
+    gap.add_argument("--step", type=int, required=True)
+    gap.add_argument("--threshold", type=float, default=0.02)
     return p
 
 
@@ -124,6 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         forwarded = [a for i, a in enumerate(argv) if a not in ("--workers",) and (i == 0 or argv[i - 1] != "--workers")]
         return cmd_run(args, forwarded)
+    if args.command == "gap-check":
+        from evals.longhorizon.report import gap_check
+
+        code, message = gap_check(Path(args.work), args.step, args.threshold)
+        log(message)
+        return code
     return cmd_report(args) if args.command == "report" else cmd_speed(args)
 
 

@@ -58,9 +58,13 @@ def _is_image(path: Path) -> bool:
 
 
 def _image_files(base: Path, root: Path) -> list[str]:
-    names = []
+    names, seen = [], {os.path.realpath(base)}
     for folder, dirs, files in os.walk(base, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # skips our own .captions-work
+        # Hidden folders (our own .captions-work) are skipped, and so is a link back to a folder
+        # already listed (an --out inside the image folder holds such a link, images/).
+        keep = [d for d in dirs if not d.startswith(".") and os.path.realpath(os.path.join(folder, d)) not in seen]
+        seen.update(os.path.realpath(os.path.join(folder, d)) for d in keep)
+        dirs[:] = sorted(keep)
         names += [(Path(folder) / f).relative_to(root).as_posix() for f in files
                   if not f.startswith(".") and _is_image(Path(f)) and f not in OUR_IMAGES]
     return sorted(names)

@@ -81,3 +81,13 @@ def test_imagenet_tree_captioned_in_place_keeps_paths_relative_to_the_root(scene
     dataset = CaptionedImageFolder(root, num_captions=3)
     expected = sorted(p.relative_to(root).as_posix() for p in (root / "val").glob("*/*.JPEG"))
     assert [r.image for r in dataset.records] == expected and not (root / "images").exists()
+
+
+def test_output_inside_the_image_folder_is_not_taken_for_input_on_a_rerun(scenes, models, tmp_path, capsys,
+                                                                          captions_args):
+    images = tmp_path / "photos"
+    shutil.copytree(scenes / "images" / "train", images)
+    args = captions_args(images, models["git"], images / "captioned")
+    assert main(args) == 0 and (images / "captioned" / "images").is_symlink()  # a link back to photos/
+    assert main(["caption-stats", "--data", str(images / "captioned")]) == 0
+    assert main(args) == 0 and "already complete" in capsys.readouterr().out  # same 8 inputs, no cycle

@@ -4,10 +4,8 @@ and probes read it in blocks."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from extraction_driver import RandomImages, TwoBlockViT
+from launch_helpers import driver_command, subprocess_env
 
 from evals.feature_cache import FeatureCacheError
 from evals.features import FeatureRows, FeatureSet, extract_features, load_cached
@@ -23,16 +22,9 @@ DRIVER = Path(__file__).with_name("extraction_driver.py")
 ARRAYS = ("last1", "last4", "global", "labels")
 
 
-def _env() -> dict:
-    root = str(Path(__file__).resolve().parents[2])
-    return {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
-
-
 def _run(cache: Path, *extra: str, ranks: int = 1) -> None:
-    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}"]
-                if ranks > 1 else [sys.executable])
-    subprocess.run([*launcher, str(DRIVER), str(cache), *extra], env=_env(), check=True, capture_output=True,
-                   timeout=300)
+    subprocess.run(driver_command(DRIVER, cache, *extra, ranks=ranks), env=subprocess_env(), check=True,
+                   capture_output=True, timeout=300)
 
 
 def _extract_here(cache: Path, images: int = 20) -> Path:
@@ -75,8 +67,8 @@ def test_two_gloo_ranks_write_the_bytes_of_one_process(tmp_path):
 @pytest.mark.slow
 def test_sigkill_mid_extraction_resumes_with_nothing_missing_or_duplicated(tmp_path):
     cache = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, str(DRIVER), str(cache), "--images", "24", "--delay", "0.2"],
-                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(driver_command(DRIVER, cache, "--images", "24", "--delay", "0.2"),
+                            env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and len(list(cache.glob("*/chunks/*.json"))) < 2:
         time.sleep(0.05)

@@ -1,14 +1,14 @@
 """Study runs resume exactly, the grid skips finished rows, the caption-gap measure is sound."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
 
 from evals.longhorizon.evaluate import SegmentationSettings
 from evals.longhorizon.grid import Grid, read_rows
-from evals.longhorizon.report import compare, write_report
+from evals.longhorizon.grid import append_row
+from evals.longhorizon.report import compare, gap_check, write_report
 from evals.longhorizon.text_gap import block_statement_share, object_statement_share
 from tcjepa.study.device_scenes import MAX_OBJECTS, render_block
 from tcjepa.study.text_bank import TextBank
@@ -99,3 +99,13 @@ def test_the_grid_writes_rows_and_resumes(tmp_path, monkeypatch):
 
     assert main(["report", "--work", str(tmp_path), "--out", str(tmp_path / "cli")]) == 0
     assert "tc_shuffled" in (tmp_path / "cli" / "summary.csv").read_text()
+
+
+def test_gap_check_passes_fails_and_waits(tmp_path):
+    assert gap_check(tmp_path, 250)[0] == 4
+    for seed, relative in ((0, 0.001), (1, 0.002)):
+        append_row(tmp_path / f"tc_paper-s{seed}" / "eval.csv",
+                   {"variant": "tc_paper", "seed": seed, "step": 250, "text_gap": 0.0001, "text_gap_relative": relative})
+    code, message = gap_check(tmp_path, 250)
+    assert code == 3 and "0.15%" in message
+    assert gap_check(tmp_path, 250, threshold=0.001)[0] == 0
