@@ -225,8 +225,7 @@ def evaluate(backbone_args: list[str], method: str, data: Path, runs: Path, plan
     probe = ["--data", str(data / "imagenet"), "--workers", "0", "--seed", str(seed), "--cache-dir", str(runs / "features")]
     tasks = {
         "linear": [*probe, "--epochs", str(plan.linear_epochs)],
-        "knn": probe,  # the linear probe's cached features, no training
-        "attentive": [*probe, "--epochs", str(plan.linear_epochs)],
+        "knn": probe, "attentive": [*probe, "--epochs", str(plan.linear_epochs)],  # knn: linear's cached features
         "ade20k": ["--data", str(data / "ADEChallengeData2016"), "--engine", "torch",
                    "--iters", str(plan.seg_iters), "--warmup-iters", str(plan.seg_iters // 10), "--lr", str(plan.seg_lr),
                    "--crop-size", str(plan.image_size), "--batch-size", "16", "--seed", str(seed)],
