@@ -12,7 +12,8 @@ import pandas as pd
 
 SHUFFLED = "TC-JEPA (shuffled captions)"
 UNTRAINED = "untrained"
-KEPT = {("in1k_linear", "top1"), ("ade20k_linear", "mIoU"), ("ade20k_linear", "aAcc"),
+KEPT = {("in1k_linear", "top1"), ("in1k_knn", "top1"), ("in1k_attentive", "top1"), ("ade20k_linear", "mIoU"),
+        ("ade20k_linear", "aAcc"),
         ("coco_det", "bbox_AP"), ("coco_det", "bbox_AP50"), ("coco_det", "segm_AP")}
 # (method, baseline): each row of the verdict compares the first with the second.
 COMPARISONS = (("TC-JEPA", "I-JEPA"), (SHUFFLED, "I-JEPA"), ("TC-JEPA", SHUFFLED), ("I-JEPA", UNTRAINED),

@@ -50,6 +50,8 @@ class Backbone(nn.Module):
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     has_class_token: bool = False
     global_vector_kind: str = "mean of patch tokens"  # recorded with every result
+    # The feature protocol (evals.feature_protocols) the backbone's authors probe it with.
+    default_features: str = "patch_mean"
 
     def forward_intermediates(self, x: torch.Tensor, n: int = 1) -> list[torch.Tensor]:
         """Patch tokens (B, h, w, C) of the last ``n`` blocks, oldest first.
@@ -80,6 +82,13 @@ class Backbone(nn.Module):
         patches = self.forward_intermediates(x, n)
         return patches, patches[-1].mean(dim=(1, 2))
 
+    def forward_features(self, x: torch.Tensor, n: int = 1
+                         ) -> tuple[list[torch.Tensor], torch.Tensor, Optional[list[torch.Tensor]]]:
+        """``forward_with_global(x, n)`` plus the class token (B, C) of each of the same ``n``
+        blocks (after the final norm), or None for backbones without one."""
+        patches, global_vector = self.forward_with_global(x, n)
+        return patches, global_vector, None
+
     def protocol_info(self) -> dict:
         """Settings that every result records next to its numbers."""
         return {
@@ -91,6 +100,7 @@ class Backbone(nn.Module):
             "std": list(self.std),
             "has_class_token": self.has_class_token,
             "global_vector": self.global_vector_kind,
+            "default_features": self.default_features,
         }
 
     def freeze(self) -> "Backbone":

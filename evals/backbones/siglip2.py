@@ -48,6 +48,7 @@ class HFSiglipBackbone(Backbone):
     """Fixed-resolution SigLIP vision tower (conv patch embedding, learned square table)."""
 
     global_vector_kind = "attention-pool (MAP) head output"
+    default_features = "map"
 
     def __init__(self, model, image_size: int, mean, std, source: dict):
         super().__init__()

@@ -36,6 +36,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..errors import UserError
+
 logger = logging.getLogger(__name__)
 
 FORMAT = "tcjepa-text-cache"
@@ -44,6 +46,16 @@ VERSION = 1
 BUILD_ORDER = "unique-by-length-v1"
 META_FILE = "meta.json"
 FEATURES_FILE = "features.f16"
+
+
+class TextCacheError(UserError, ValueError):
+    """A text cache that does not fit (other caption list, encoder or max_words; damaged files).
+
+    Command-line tools print it as one line and exit 2."""
+
+
+class IncompleteTextCacheError(TextCacheError, RuntimeError):
+    """A cache whose build was interrupted (resumable)."""
 
 
 def caption_fingerprint(captions: Sequence[str]) -> str:
@@ -71,9 +83,9 @@ def _read_meta(folder: Path) -> dict:
             "`tcjepa-data text-cache --data <dataset folder>`"
         ) from None
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: corrupt JSON ({e}); delete the folder and rebuild the cache") from None
+        raise TextCacheError(f"{path}: corrupt JSON ({e}); delete the folder and rebuild the cache") from None
     if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-        raise ValueError(
+        raise TextCacheError(
             f"{path}: format {meta.get('format')!r} version {meta.get('version')!r}, expected "
             f"{FORMAT!r} version {VERSION}; rebuild the cache with this version of tcjepa"
         )
@@ -100,7 +112,7 @@ class TextFeatureCache:
         self.folder = Path(out_dir)
         meta = _read_meta(self.folder)
         if int(meta["completed"]) < int(meta["count"]):
-            raise RuntimeError(
+            raise IncompleteTextCacheError(
                 f"{self.folder}: text cache is incomplete ({meta['completed']} of {meta['count']} "
                 "captions encoded; the build was interrupted). Finish it by rerunning the same "
                 "`tcjepa-data text-cache` command (it resumes), or set data.text_cache='' to "
@@ -121,7 +133,7 @@ class TextFeatureCache:
             path = self.folder / name
             if not path.is_file() or path.stat().st_size != expected:
                 size = path.stat().st_size if path.is_file() else "missing"
-                raise ValueError(
+                raise TextCacheError(
                     f"{path}: expected {expected} bytes for shape {shape}, found {size}; "
                     "the cache is damaged, rebuild it with --no-resume"
                 )
@@ -178,7 +190,7 @@ class TextFeatureCache:
         """Raise if ``captions`` is not the list the cache was built from."""
         fp = caption_fingerprint(list(captions))
         if fp != self.fingerprint:
-            raise ValueError(
+            raise TextCacheError(
                 f"{self.folder}: text cache was built from a different caption list "
                 f"({self._count} captions, fingerprint {self.fingerprint[:12]}...) than the dataset's "
                 f"({len(captions)} captions, fingerprint {fp[:12]}...); rebuild it with "
@@ -197,7 +209,7 @@ class TextFeatureCache:
         if encoder_fingerprint(resolve_text_encoder(encoder_name)) != self.encoder_fingerprint:
             problems.append(f"encoder {self.meta['encoder']!r} is not {encoder_name!r}")
         if problems:
-            raise ValueError(
+            raise TextCacheError(
                 f"{self.folder}: text cache does not match the text config ({'; '.join(problems)}); "
                 "rebuild it with the config's encoder and max_words, or fix the config"
             )

@@ -22,6 +22,7 @@ from .cache import (
     FORMAT,
     META_FILE,
     VERSION,
+    TextCacheError,
     _lengths_file,
     _read_meta,
     _write_meta,
@@ -231,7 +232,7 @@ def _check_same_build(folder: Path, old: dict, new: dict) -> None:
         ("count", "a different number of captions"),
     ):
         if old.get(key) != new[key]:
-            raise ValueError(
+            raise TextCacheError(
                 f"{folder}: the partial cache there was built from {what} "
                 f"({key}: {old.get(key)!r} != {new[key]!r}); pass --no-resume (resume=False) "
                 "to overwrite it, or choose another --out folder"
