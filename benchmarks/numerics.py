@@ -9,9 +9,11 @@ and ``first_rel`` = relative difference of the first step's loss.
 Tolerances (what the tests assert, docs/PERFORMANCE.md):
   bf16 vs fp32     max_window_rel <= 0.02 over 300 steps, first_rel <= 2e-3
   compiled vs eager (fp32) max_window_rel <= 1e-3, first_rel <= 1e-4
+  fused vs eager text cross-attention (bf16, --pairs attention): the bf16 vs fp32 tolerances
 
   python -m benchmarks.numerics --device cpu --steps 300 --out results/bench/
   python -m benchmarks.numerics --device cuda --model vit_small --steps 500 --out results/bench/
+  python -m benchmarks.numerics --device cuda --model vit_small --steps 200 --pairs attention --tag fused
 """
 from __future__ import annotations
 
@@ -34,12 +36,13 @@ SMALL_MODELS = {**TINY_MODELS, "vit_small": dict(patch_size=16, image_size=96, p
 
 def loss_curve(model: str, variant: str, steps: int, *, device: str = "cpu", precision: str = "fp32",
                compile_model: bool = False, batch: int | None = None, words: int = 16, text_dim: int = 32,
-               pool: int = 8, seed: int = 0, lr: float = 1e-3) -> list[float]:
+               pool: int = 8, seed: int = 0, lr: float = 1e-3, attention_impl: str = "auto") -> list[float]:
     """Per-step losses of ``steps`` training steps (the benchmark's step = the loop's step)."""
     spec = {**SMALL_MODELS, **FULL_MODELS}[model]
     batch = batch or spec["batch"]
     cfg = variant_config(model, spec, variant, batch=batch, words=words, text_dim=text_dim, precision=precision,
-                         act_ckpt=False, extra=(f"optim.lr={lr}", f"optim.start_lr={lr}", "optim.warmup_epochs=0"))
+                         act_ckpt=False, extra=(f"optim.lr={lr}", f"optim.start_lr={lr}", "optim.warmup_epochs=0",
+                                                f"model.text_attention_impl={attention_impl}"))
     dev = torch.device(device)
     h = build_harness(cfg, dev, compile_model, seed, bf16_on_cpu=True)
     batches, _ = make_pool(cfg, h.model.grid_size, batch, pool, seed, pin=False)
@@ -67,6 +70,10 @@ def main(argv=None) -> dict[str, Any]:
     p.add_argument("--compile-steps", type=int, default=10)
     p.add_argument("--window", type=int, default=25)
     p.add_argument("--skip-compile", action="store_true")
+    p.add_argument("--pairs", default="precision,compile",
+                   help="comma list: precision (bf16 vs fp32), compile (compiled vs eager), attention (fused vs "
+                        "eager text cross-attention, bf16; needs the fused kernel, i.e. CUDA)")
+    p.add_argument("--tag", default="", help="suffix of the output file names")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default="results/bench")
     args = p.parse_args(argv)
@@ -74,11 +81,20 @@ def main(argv=None) -> dict[str, Any]:
         torch.set_num_threads(args.threads or 1)
     rows, curves = [], {}
     t0 = time.perf_counter()
-    curves["fp32"] = loss_curve(args.model, args.variant, args.steps, device=args.device, precision="fp32")
-    curves["bf16"] = loss_curve(args.model, args.variant, args.steps, device=args.device, precision="bf16")
-    rows.append({"pair": "bf16 vs fp32", "steps": args.steps, **compare(curves["bf16"], curves["fp32"], args.window),
-                 "tol_window": BF16_WINDOW_TOL, "tol_first": BF16_FIRST_TOL})
-    if not args.skip_compile:
+    pairs = args.pairs.split(",")
+    if "precision" in pairs:
+        curves["fp32"] = loss_curve(args.model, args.variant, args.steps, device=args.device, precision="fp32")
+        curves["bf16"] = loss_curve(args.model, args.variant, args.steps, device=args.device, precision="bf16")
+        rows.append({"pair": "bf16 vs fp32", "steps": args.steps, **compare(curves["bf16"], curves["fp32"], args.window),
+                     "tol_window": BF16_WINDOW_TOL, "tol_first": BF16_FIRST_TOL})
+    if "attention" in pairs:
+        for impl in ("fused", "eager"):
+            curves[f"bf16_{impl}"] = loss_curve(args.model, args.variant, args.steps, device=args.device,
+                                                precision="bf16", attention_impl=impl)
+        rows.append({"pair": "fused vs eager text attention (bf16)", "steps": args.steps,
+                     **compare(curves["bf16_fused"], curves["bf16_eager"], args.window),
+                     "tol_window": BF16_WINDOW_TOL, "tol_first": BF16_FIRST_TOL})
+    if "compile" in pairs and not args.skip_compile:
         # One batch, repeated: varying context lengths would make the CPU spend minutes recompiling.
         n = args.compile_steps
         curves["eager"] = loss_curve(args.model, args.variant, n, device=args.device, precision="fp32", pool=1)
@@ -96,7 +112,8 @@ def main(argv=None) -> dict[str, Any]:
                               ("max_window_rel", f"max {args.window}-step window rel", ".2e"),
                               ("max_step_rel", "max step rel", ".2e"), ("tol_window", "tol", ".0e"), ("ok", "ok", "")]))
     if args.out:
-        j, c = write_results(args.out, f"numerics_{torch.device(args.device).type}", meta, rows, {"curves": curves})
+        stem = f"numerics_{torch.device(args.device).type}{'_' + args.tag if args.tag else ''}"
+        j, c = write_results(args.out, stem, meta, rows, {"curves": curves})
         print(f"wrote {j} and {c}")
     return {"rows": rows, "curves": curves}
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Every GPU measurement of issue 7 in one command, inside a time budget (default 570 s, so that
-# it fits one 10-minute device call; on an H200 the stages before compile took ~290 s):
+# Every GPU measurement in one command, inside a time budget (default 570 s, so that it fits one
+# 10-minute device call):
 #   bash benchmarks/run_gpu.sh [out_dir]               (default results/bench)
 #   BUDGET_S=1500 FILL=1 bash benchmarks/run_gpu.sh    (a longer lease: adds the fill-the-GPU batches)
 # Stages run most important first; each gets min(its cap, what is left of the budget) and a
@@ -34,6 +34,21 @@ stage() {  # stage NAME CAP_S COMMAND...
 "$PY" -c "import torch, timm; assert torch.cuda.is_available(), 'no CUDA device'; p = torch.cuda.get_device_properties(0); print(torch.cuda.get_device_name(), f'{p.total_memory / 2**30:.1f} GiB', 'torch', torch.__version__, 'cuda', torch.version.cuda, 'timm', timm.__version__)" || exit 1
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=csv 2>/dev/null || true
 
+# The public I-JEPA checkout (imported at run time, never copied): REFERENCE_IJEPA, else the
+# first of ../shared/ref/ijepa and shared/ref/ijepa that exists.
+REF=${REFERENCE_IJEPA:-$(for d in ../shared/ref/ijepa shared/ref/ijepa; do [ -f "$d/src/helper.py" ] && echo "$d" && break; done)}
+REF=${REF:-../shared/ref/ijepa}
+# 0. The fused text cross-attention, most important first (about 9 minutes): the kernel against
+#    eager at ViT-L/16 shapes; the public I-JEPA step beside our I-JEPA eager / compiled and
+#    TC-JEPA N=8 fused / fused+compiled / eager, one process per model (ratios from one run;
+#    each row is written as it finishes); the 200-step bf16 loss curves, fused vs eager.
+stage xattn_kernel 40 "$PY" -m benchmarks.text_xattn --device cuda --out "$OUT"
+stage ref_large 230 "$PY" -m benchmarks.reference_ijepa --reference-ijepa "$REF" --device cuda --models vit_large $FLOPS --out "$OUT" --tag large
+stage numerics_fused 80 "$PY" -m benchmarks.numerics --device cuda --model vit_small --steps 200 --pairs attention --tag fused --out "$OUT"
+stage ref_huge 110 "$PY" -m benchmarks.reference_ijepa --reference-ijepa "$REF" --device cuda --models vit_huge $FLOPS --out "$OUT" --tag huge
+stage ref_base 100 "$PY" -m benchmarks.reference_ijepa --reference-ijepa "$REF" --device cuda --models vit_base $FLOPS --out "$OUT" --tag base
+# The stages below are the earlier full survey: with the default budget the ones above spend it;
+# BUDGET_S=1500 runs them all.
 # 1. ViT-L/16 at batch 128 (the targets' model), every variant, with a kernel-category profile.
 stage large 110 "$PY" -m benchmarks.train_step --device cuda --models vit_large $FLOPS --profile 3 --out "$OUT" --tag large
 # 2. ViT-H/14 at batch 64, then with activation checkpointing (as configs/pretrain/*_h14_* train).
@@ -53,6 +68,11 @@ for v in ijepa tc_n8_xattn; do  # H200: I-JEPA compiled in ~85 s; TC-JEPA N=8 to
 done
 # 6. Numerics: bf16 vs fp32 loss curves, compiled vs eager, small model.
 stage numerics 120 "$PY" -m benchmarks.numerics --device cuda --model vit_small --steps 200 --out "$OUT"
+# 6b. Captioning throughput (tcjepa-data captions) with base-size random-weight BLIP and LLaVA in bf16.
+stage captioning 180 "$PY" -m benchmarks.captioning --device cuda --size base --families blip,llava --out "$OUT"
+# 6c. Evaluation throughput: extraction images/s (ViT-L/16 224 px bf16, target >= 2000) and
+#     seconds per head-training step; ViT-H/14 as the paper's dense-eval backbone.
+stage eval_throughput 120 "$PY" -m benchmarks.eval_throughput --device cuda --models vit_large:16,vit_huge:14 --batch-size 256 --iters 20 --warmup 3 --head-iters 10 --out "$OUT" --tag gpu
 # 7. Longer leases: the largest batch per variant that fits in 90% of the GPU.
 if [[ "${FILL:-0}" == 1 ]]; then
   stage fill 600 "$PY" -m benchmarks.train_step --device cuda --models vit_large,vit_huge --variants ijepa,tc_n8_xattn --batch-size fill --out "$OUT" --tag fill

@@ -208,12 +208,13 @@ def ensure_process_group(device: torch.device) -> None:
 
 
 def build_harness(cfg: Config, device: torch.device, compile_model: bool, seed: int, fsdp: bool = False,
-                  loop_syncs: bool = False, bf16_on_cpu: bool = False) -> Harness:
+                  loop_syncs: bool = False, bf16_on_cpu: bool = False, compile_scope: str = "blocks") -> Harness:
     """The loop's model, wrapping, optimizer and step (``train.seed``, ``train.compile`` and
     ``train.distributed`` set from the arguments), on a long schedule. ``bf16_on_cpu``: autocast
     on CPUs too (the numerics check), where the loop autocasts on GPUs only."""
     cfg = copy.deepcopy(cfg)
     cfg.train.seed, cfg.train.compile, cfg.train.distributed = seed, compile_model, "fsdp" if fsdp else "none"
+    cfg.train.compile_scope = compile_scope
     if fsdp:  # a process group of one: FSDP2's hooks and collectives all run
         ensure_process_group(device)
     model = build_model(cfg, device)
@@ -247,9 +248,11 @@ def count_host_syncs(h: Harness, batch: JEPABatch) -> Optional[int]:
 def time_steps(h: Harness, pool: list[JEPABatch], warmup: int, steps: int) -> dict[str, Any]:
     """Warm-up (compilation, allocator, optimizer state), then ``steps`` timed steps."""
     dev = h.device
+    t_warm = time.perf_counter()
     for i in range(warmup):  # a torch.compile failure falls back to eager inside the step
         h.step(pool[i % len(pool)])
     sync(dev)
+    warmup_s = time.perf_counter() - t_warm
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
         static = torch.cuda.memory_allocated(dev)
@@ -269,7 +272,8 @@ def time_steps(h: Harness, pool: list[JEPABatch], warmup: int, steps: int) -> di
             last = now
     sync(dev)
     total = time.perf_counter() - t0
-    out: dict[str, Any] = {"seconds": total, "loss": float(loss), "compile_error": h.trainer.compile_error}
+    out: dict[str, Any] = {"seconds": total, "warmup_s": warmup_s, "loss": float(loss),
+                           "compile_error": h.trainer.compile_error}
     if dev.type == "cuda":
         per_step = [events[i].elapsed_time(events[i + 1]) / 1e3 for i in range(steps)]
         out["peak_mem_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
@@ -291,13 +295,15 @@ def release() -> None:
 def run_variant(model_name: str, spec: dict[str, Any], variant: str, batch: int, args, device: torch.device,
                 count_syncs: bool = True) -> dict[str, Any]:
     cfg = variant_config(model_name, spec, variant, batch=batch, words=args.words, text_dim=args.text_dim,
-                         precision=args.precision, act_ckpt=args.activation_checkpointing)
+                         precision=args.precision, act_ckpt=args.activation_checkpointing,
+                         extra=(f"model.text_attention_impl={args.attention_impl}",))
     v = VARIANTS[variant]
     row: dict[str, Any] = {"model": model_name, "variant": variant, "captions": v["captions"] or None,
                            "pool_point": v["pool_point"], "batch": batch, "words": args.words if v["text"] else None,
                            "precision": cfg.train.precision, "compile": args.compile,
                            "act_ckpt": args.activation_checkpointing, "fsdp": args.fsdp,
-                           "loop_syncs": args.loop_syncs, "status": "ok"}
+                           "loop_syncs": args.loop_syncs, "attention_impl": args.attention_impl,
+                           "compile_scope": args.compile_scope if args.compile else None, "status": "ok"}
     h = pool = None
     if args.flops_only:  # no device work: FLOPs of the real shapes on the meta device
         grid = (cfg.data.image_size // cfg.model.patch_size,) * 2
@@ -305,7 +311,8 @@ def run_variant(model_name: str, spec: dict[str, Any], variant: str, batch: int,
         row.update(pstats, status="flops only", gflop_per_img=count_flops(cfg, pool, args.activation_checkpointing) / batch / 1e9)
         return row
     try:
-        h = build_harness(cfg, device, args.compile, args.seed, fsdp=args.fsdp, loop_syncs=args.loop_syncs)
+        h = build_harness(cfg, device, args.compile, args.seed, fsdp=args.fsdp, loop_syncs=args.loop_syncs,
+                          compile_scope=args.compile_scope)
         row["params_m"] = count_parameters(h.model.encoder) / 1e6
         row["trainable_m"] = sum(p.numel() for g in h.trainer.optimizer.param_groups for p in g["params"]) / 1e6
         pool, pstats = make_pool(cfg, h.model.grid_size, batch, args.pool, args.seed, pin=device.type == "cuda")
@@ -314,6 +321,8 @@ def run_variant(model_name: str, spec: dict[str, Any], variant: str, batch: int,
         row.update({k: v for k, v in timing.items() if k != "seconds"})
         row["compile"] = args.compile and timing["compile_error"] is None
         row["img_per_s"] = batch * args.steps / timing["seconds"]
+        if row["compile"]:  # warm-up beyond its steps' own time: compiling (and recompiling)
+            row["compile_s"] = max(0.0, timing["warmup_s"] - args.warmup * row["step_ms"] / 1e3)
         if count_syncs:
             row["host_syncs"] = count_host_syncs(h, pool[0])
         if not math.isfinite(row["loss"]):
@@ -402,6 +411,7 @@ COLUMNS = [
     ("gflop_per_img", "GFLOP/img", ".4g"), ("tflops", "TFLOP/s", ".2f"), ("mfu", "MFU", ".1%"),
     ("slowdown_vs_ijepa", "x slower", ".2f"), ("mem_vs_ijepa", "x mem", ".2f"), ("flops_vs_ijepa", "x FLOP", ".2f"),
     ("context_tokens", "ctx tok", ".0f"), ("collate_ms", "collate ms", ".1f"), ("host_syncs", "syncs", "d"),
+    ("compile_s", "compile s", ".1f"),
 ]
 
 
@@ -419,6 +429,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--text-dim", type=int, default=None, help="d_t (default 768, T5-base; --tiny 32)")
     p.add_argument("--precision", choices=["bf16", "fp32"], default=None, help="default bf16 on cuda, fp32 on cpu")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (eager fallback on failure)")
+    p.add_argument("--compile-scope", choices=["blocks", "model"], default="blocks",
+                   help="blocks: compile each transformer block once per block class (train.compile_scope)")
+    p.add_argument("--attention-impl", choices=["auto", "fused", "eager"], default="auto",
+                   help="model.text_attention_impl: the fused Triton text cross-attention or the eager one")
     p.add_argument("--activation-checkpointing", action="store_true")
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 20; --tiny 5)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps, not timed (default 5; --tiny 2; compile +3)")

@@ -5,6 +5,8 @@
     tcjepa-eval linear --backbone dinov2 --weights facebook/dinov2-base --data ... --protocol logreg
     tcjepa-eval ade20k --backbone ijepa --weights IN1K-vit.h.14-300e.pth.tar ...
     tcjepa-eval coco --ckpt export_dir ...
+    tcjepa-eval linear --dataset cifar100 --data DIR ...      (also inat18; voc, ade20k-ft as commands)
+    torchrun --nproc_per_node 8 -m evals.cli linear ...       (any command, sharded over 8 GPUs)
     tcjepa-eval tables --out results/ --runs results/runs
 
 User errors (bad path, unknown backbone, mismatched checkpoint, wrong dataset layout)
@@ -18,10 +20,15 @@ import sys
 from typing import Optional, Sequence
 
 from evals.backbones import BackboneSpec, UserError, available_backbones, build_backbone, describe_backbones
+from evals.distributed import init_from_env
 
 DENSE_PROTOCOLS = {
     "ade20k": ("evals.segmentation.protocol", "ADE20k linear segmentation (mIoU / aAcc)", "ade20k_linear",
                ("mIoU", "aAcc")),
+    "ade20k-ft": ("evals.segmentation.finetune_protocol", "ADE20k fine-tuning with UperNet, MMSegmentation (mIoU)",
+                  "ade20k_ft", ("mIoU", "aAcc")),
+    "voc": ("evals.segmentation.voc_protocol", "Pascal VOC 2012 linear segmentation (mIoU / aAcc)", "voc_linear",
+            ("mIoU", "aAcc")),
     "coco": ("evals.detection.protocol", "COCO detection with a simple feature pyramid (box / mask AP)", "coco_det",
              ("box_AP", "bbox_AP", "bbox_mAP", "mask_AP")),
 }
@@ -94,30 +101,33 @@ def cmd_backbones(args) -> int:
 
 
 def cmd_linear(args) -> int:
-    from evals.datasets.imagenet import ImageNetFolder, eval_transform
+    from evals.datasets.classification import classification_splits
+    from evals.datasets.imagenet import eval_transform
     from evals.features import extract_features
     from evals.linear import linear_probe, logreg_probe
 
+    world, args.device = init_from_env(args.device)  # under torchrun: every rank extracts its share
     spec, backbone = backbone_from_args(args)
     transform = eval_transform(backbone.image_size, backbone.mean, backbone.std, args.crop_fraction)
-    train = ImageNetFolder(args.data, "train", transform)
-    val = ImageNetFolder(args.data, "val", transform)
+    train, val, task_prefix = classification_splits(args.dataset, args.data, transform)
     cache = args.cache_dir or f"{args.data}/.feature_cache"
     common = dict(batch_size=args.batch_size, num_workers=args.workers, device=args.device)
     f_train = extract_features(backbone, train, cache, desc="train", **common)
     f_val = extract_features(backbone, val, cache, desc="val", **common)
+    if not world.is_main:  # the probes are cheap: rank 0 trains them from the shared cache
+        return 0
     info = backbone_info(spec, backbone)
     data = {"data": str(args.data), "num_classes": len(train.classes), "crop_fraction": args.crop_fraction,
             "feature_cache": {"train": f_train.meta["key"], "val": f_val.meta["key"]},
             "extraction_batch_size": args.batch_size}
     results = []
     if args.protocol in ("linear", "both"):
-        results.append(("in1k_linear", linear_probe(
+        results.append((f"{task_prefix}_linear", linear_probe(
             f_train, f_val, lrs=args.lrs, epochs=args.epochs, batch_size=args.probe_batch_size,
             optimizer=args.optimizer, weight_decay=args.weight_decay, selection=args.selection,
             holdout_fraction=args.holdout_fraction, seed=args.seed, device=args.device)))
     if args.protocol in ("logreg", "both"):
-        results.append(("in1k_logreg", logreg_probe(
+        results.append((f"{task_prefix}_logreg", logreg_probe(
             f_train, f_val, selection=args.selection, holdout_fraction=args.holdout_fraction, seed=args.seed)))
     for task, r in results:
         protocol = {k: r[k] for k in ("protocol", "selected", "selected_on", "settings", "grid")} | data
@@ -149,8 +159,11 @@ def make_dense_command(name: str):
 
     def run(args) -> int:
         module = load_protocol(module_name)
+        world, args.device = init_from_env(args.device)  # under torchrun: one rank per GPU
         spec, backbone = backbone_from_args(args)
         result = module.run(backbone, args)
+        if not world.is_main:  # every rank returns the same numbers; rank 0 records them
+            return 0
         metrics, primary, settings = split_protocol_result(result, primary_choices)
         write_record(args, dict(method=method_name(args, spec), backbone_info=backbone_info(spec, backbone),
                                 pretraining_data=args.pretraining_data, task=result.get("task", task),
@@ -197,6 +210,8 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     add_backbone_arguments(p)
     g = p.add_argument_group("linear probe")
     g.add_argument("--data", required=True, metavar="DIR", help="root with train/<class>/*.JPEG and val/<class>/*.JPEG")
+    g.add_argument("--dataset", choices=("imagenet", "cifar100", "inat18"), default="imagenet",
+                   help="layout of --data: ImageNet folders, cifar-100-python, or iNat2018 JSON (default: imagenet)")
     g.add_argument("--protocol", choices=("linear", "logreg", "both"), default="linear")
     g.add_argument("--lrs", type=float, nargs="+", help="lr grid (default: 0.001..1 for sgd, 1e-4..1e-2 for adamw)")
     g.add_argument("--epochs", type=int, default=10)

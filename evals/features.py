@@ -1,31 +1,39 @@
-"""Frozen features, extracted once and cached on disk.
+"""Frozen features, extracted once into an on-disk cache, sharded over ranks, resumable.
 
 Per image: the average-pooled patch tokens of the last block (``last1``), the concat of
 the average-pooled patch tokens of the last four blocks (``last4``, oldest first) and
-the backbone's own global vector (``global``). A cache entry is a folder of ``.npy``
-arrays plus ``meta.json`` (no pickle), keyed by a hash of the backbone's protocol info,
-the weights file's identity, the dataset's file list and the transform; it is written to
-a temporary folder and renamed, so an interrupted run never leaves a half cache.
+the backbone's own global vector (``global``), stored as float16 (labels as int64) in the
+chunked cache of ``feature_cache.py``, keyed by a hash of the backbone's protocol info, the
+weights file's identity, the dataset's file list and the transform.
+
+Under ``torchrun`` every rank extracts its share of the missing chunks (an explicit split
+of chunk indices: no padding, no duplicates); batches never straddle chunks, so the bytes
+of every row are the same whatever the number of ranks or restarts. Probes read the cache
+through :class:`FeatureRows`, a block at a time, never the whole file.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from evals.backbones.base import Backbone
+from evals.backbones.base import Backbone, UserError
+from evals.distributed import World, current_world, shard
+from evals.feature_cache import ArraySpec, FeatureCache, open_complete
 
 ARRAYS = ("last1", "last4", "global", "labels")
 NUM_LAST_LAYERS = 4
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+FEATURE_DTYPE = "float16"
+CHUNK_IMAGES = 1024  # rows per resumable unit (rounded up to whole batches)
+BLOCK_BYTES = 256 * 2**20  # what a probe holds in memory at a time, per split
 
 
 @dataclass
@@ -66,10 +74,74 @@ def cache_key(backbone: Backbone, data_fingerprint: str, transform: str, extra: 
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def load_cached(folder: Path) -> FeatureSet:
-    meta = json.loads((folder / "meta.json").read_text())
-    arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False) for name in ARRAYS}
+
+def load_cached(folder: Path, key: Optional[str] = None, num_items: Optional[int] = None,
+                verify: bool = False) -> FeatureSet:
+    """A complete cache as memory-mapped arrays (read-only; nothing is loaded until used)."""
+    cache, meta = open_complete(Path(folder), key, num_items, verify)
+    arrays = cache.open_arrays()
     return FeatureSet(arrays["last1"], arrays["last4"], arrays["global"], arrays["labels"], meta)
+
+
+def pooled_features(backbone: Backbone, images: torch.Tensor, use_amp: bool) -> dict[str, torch.Tensor]:
+    """The cached arrays of one batch (float32 on the batch's device)."""
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+        grids, global_vector = backbone.forward_with_global(images, NUM_LAST_LAYERS)
+    pooled = [g.float().mean(dim=(1, 2)) for g in grids]
+    return {"last1": pooled[-1], "last4": torch.cat(pooled, dim=-1), "global": global_vector.float()}
+
+
+def _array_specs(backbone: Backbone, dataset, device: str, use_amp: bool) -> tuple[dict[str, ArraySpec], int]:
+    """Widths of every array, from one forward pass on the first image."""
+    image, _ = dataset[0]
+    batch = pooled_features(backbone, image[None].to(device), use_amp)
+    specs = {name: ArraySpec(FEATURE_DTYPE, tuple(t.shape[1:])) for name, t in batch.items()}
+    specs["labels"] = ArraySpec("int64", ())
+    return specs, specs["last4"].row_shape[0] // specs["last1"].row_shape[0]  # blocks in last4
+
+
+def _chunk_batches(cache: FeatureCache, chunks: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Index batches that never cross a chunk: the same batches whoever extracts the chunk."""
+    batches = []
+    for chunk in chunks:
+        rows = cache.chunk_rows(chunk)
+        batches += [list(rows[s:s + batch_size]) for s in range(0, len(rows), batch_size)]
+    return batches
+
+
+def _to_storage(name: str, tensor: torch.Tensor, dataset) -> np.ndarray:
+    array = tensor.cpu().numpy()
+    if name == "labels":
+        return array.astype(np.int64)
+    stored = array.astype(FEATURE_DTYPE)
+    if not np.isfinite(stored).all():
+        raise UserError(f"{getattr(dataset, 'root', 'dataset')}: {name} features are not finite in float16 "
+                        f"(max |x| = {np.abs(array).max():.3g}; float16 holds up to 65504)")
+    return stored
+
+
+def _extract_chunks(backbone: Backbone, dataset, cache: FeatureCache, chunks: Sequence[int], batch_size: int,
+                    num_workers: int, device: str, use_amp: bool, world: World, desc: str) -> None:
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=_chunk_batches(cache, chunks, batch_size), num_workers=num_workers,
+        pin_memory=torch.device(device).type == "cuda",
+    )
+    pending = list(chunks)
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in cache.arrays}
+    filled = 0
+    bar = tqdm(total=sum(len(cache.chunk_rows(c)) for c in chunks), unit="img", disable=not world.is_main,
+               desc=f"{desc} (rank 0 of {world.size}; {len(chunks)} chunks)")
+    for images, labels in loader:
+        batch = pooled_features(backbone, images.to(device, non_blocking=True), use_amp)
+        batch["labels"] = labels
+        for name, tensor in batch.items():
+            parts[name].append(_to_storage(name, tensor, dataset))
+        filled += len(labels)
+        bar.update(len(labels))
+        if filled == len(cache.chunk_rows(pending[0])):
+            cache.write_chunk(pending.pop(0), {name: np.concatenate(p) for name, p in parts.items()}, world.rank)
+            parts, filled = {name: [] for name in cache.arrays}, 0
+    bar.close()
 
 
 @torch.no_grad()
@@ -82,64 +154,117 @@ def extract_features(
     device: str = "cpu",
     amp: bool = True,
     desc: str = "features",
+    chunk_size: Optional[int] = None,
+    verify: bool = False,
 ) -> FeatureSet:
     """Features of every item of ``dataset`` ((image tensor, label) pairs), from the cache
-    when present. ``dataset`` must have ``fingerprint()`` and carry its transform's repr."""
+    when it is complete; otherwise the missing chunks are extracted, shared among the ranks
+    of the process group (call it on every rank). ``dataset`` must have ``fingerprint()``
+    and carry its transform's repr."""
+    if batch_size < 1:
+        raise UserError(f"feature-extraction batch size must be >= 1, got {batch_size}")
     transform = repr(getattr(dataset, "transform", None))
     key = cache_key(backbone, dataset.fingerprint(), transform, {"split": getattr(dataset, "split", None)})
     folder = Path(cache_dir) / f"{desc}-{key}"
     if (folder / "meta.json").exists():
-        return load_cached(folder)
+        return load_cached(folder, key, len(dataset), verify)
 
+    world = current_world()
     backbone = backbone.to(device).eval()
     use_amp = amp and torch.device(device).type == "cuda"
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-        pin_memory=torch.device(device).type == "cuda",
-    )
-    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    arrays: dict[str, np.ndarray] = {}
-    layers_used = None
-    start = 0
-    for images, labels in tqdm(loader, desc=f"{desc} ({len(dataset)} images)", unit="batch"):
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-            grids, global_vector = backbone.forward_with_global(images.to(device, non_blocking=True), NUM_LAST_LAYERS)
-        pooled = [g.float().mean(dim=(1, 2)) for g in grids]
-        layers_used = len(pooled)
-        batch = {
-            "last1": pooled[-1],
-            "last4": torch.cat(pooled, dim=-1),
-            "global": global_vector.float(),
-            "labels": labels,
-        }
-        if not arrays:  # allocate on disk once the widths are known
-            for name, t in batch.items():
-                dtype = np.int64 if name == "labels" else np.float32
-                arrays[name] = np.lib.format.open_memmap(
-                    tmp / f"{name}.npy", mode="w+", dtype=dtype, shape=(len(dataset), *t.shape[1:])
-                )
-        end = start + len(labels)
-        for name, t in batch.items():
-            arrays[name][start:end] = t.cpu().numpy()
-        start = end
-    for a in arrays.values():
-        a.flush()
-    meta = {
-        "key": key,
-        "num_images": len(dataset),
-        "layers_in_last4": layers_used,
-        "pooling": "average of patch tokens after the final norm",
-        "transform": transform,
-        "batch_size": batch_size,
-        "amp_bf16": use_amp,
-        "backbone": backbone.protocol_info(),
-    }
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
-    del arrays
-    if folder.exists():  # another process finished first; theirs is as good as ours
-        shutil.rmtree(tmp)
-    else:
-        tmp.rename(folder)
-    return load_cached(folder)
+    specs, layers_used = _array_specs(backbone, dataset, device, use_amp)
+    chunk_size = chunk_size or batch_size * math.ceil(CHUNK_IMAGES / batch_size)
+    cache = FeatureCache(folder, key, len(dataset), chunk_size, specs)
+    if world.is_main:
+        state = cache.create_or_resume()
+        if state == "resumed":
+            print(f"{desc}: resuming {folder} ({cache.num_chunks - len(cache.missing_chunks())}/"
+                  f"{cache.num_chunks} chunks already there)")
+    world.barrier()
+    missing = cache.missing_chunks()  # every rank lists before any rank writes: one shared view
+    world.barrier()
+    _extract_chunks(backbone, dataset, cache, shard(missing, world), batch_size, num_workers, device,
+                    use_amp, world, desc)
+    world.barrier()
+    if world.is_main:
+        cache.finish({
+            "layers_in_last4": layers_used,
+            "pooling": "average of patch tokens after the final norm",
+            "transform": transform,
+            "batch_size": batch_size,
+            "amp_bf16": use_amp,
+            "storage": f"{FEATURE_DTYPE} features, int64 labels",
+            "extracted_by": f"{world.size} process(es)",
+            "backbone": backbone.protocol_info(),
+        })
+    world.barrier()
+    return load_cached(folder, key, len(dataset), verify)
+
+
+# ----------------------------------------------------------------------------- reading for probes
+
+
+class FeatureRows:
+    """Some rows of some arrays of a :class:`FeatureSet`, read in blocks of at most
+    ``BLOCK_BYTES`` (as float32), optionally standardised: what a probe trains from."""
+
+    def __init__(self, features: FeatureSet, names: Sequence[str], rows: Optional[np.ndarray] = None,
+                 block_bytes: int = BLOCK_BYTES):
+        self.features, self.names = features, tuple(names)
+        self.rows = np.arange(len(features)) if rows is None else np.sort(np.asarray(rows))
+        self.dims = {n: int(np.prod(features.get(n).shape[1:])) for n in self.names}
+        self.block_rows = max(1, block_bytes // (4 * max(sum(self.dims.values()), 1)))
+        self.transform: Optional[dict] = None  # name -> (mean, std), set by standardize_with
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _read(self, rows: np.ndarray, device) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        x = {}
+        for name in self.names:
+            t = torch.from_numpy(np.asarray(self.features.get(name)[rows], dtype=np.float32)).to(device)
+            if self.transform is not None:
+                mean, std = self.transform[name]
+                t = (t - mean.to(device)) / std.to(device)
+            x[name] = t
+        return x, torch.from_numpy(np.asarray(self.features.labels[rows], dtype=np.int64)).to(device)
+
+    def moments(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per-dimension mean and std (unbiased) of these rows, in one streaming pass (float64)."""
+        sums = {n: np.zeros(d) for n, d in self.dims.items()}
+        squares = {n: np.zeros(d) for n, d in self.dims.items()}
+        for start in range(0, len(self.rows), self.block_rows):
+            block = self.rows[start:start + self.block_rows]
+            for n in self.names:
+                x = np.asarray(self.features.get(n)[block], dtype=np.float64).reshape(len(block), -1)
+                sums[n] += x.sum(0)
+                squares[n] += (x * x).sum(0)
+        count = max(len(self.rows), 1)
+        out = {}
+        for n in self.names:
+            s, s2 = sums[n], squares[n]
+            mean = s / count
+            var = np.maximum(s2 - count * mean * mean, 0) / max(count - 1, 1)
+            out[n] = (torch.from_numpy(mean).float()[None], torch.from_numpy(np.sqrt(var)).float().clamp_min(1e-6)[None])
+        return out
+
+    def standardize_with(self, moments: dict) -> "FeatureRows":
+        self.transform = moments
+        return self
+
+    def batches(self, batch_size: int, device="cpu", generator: Optional[torch.Generator] = None
+                ) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+        """Minibatches in row order, or shuffled when ``generator`` is given: blocks of
+        contiguous rows in random order, rows shuffled within each block (a whole permutation
+        when everything fits in one block)."""
+        starts = list(range(0, len(self.rows), self.block_rows))
+        if generator is not None:
+            starts = [starts[i] for i in torch.randperm(len(starts), generator=generator).tolist()]
+        for start in starts:
+            block = self.rows[start:start + self.block_rows]
+            x, y = self._read(block, device)
+            order = (torch.randperm(len(block), generator=generator).to(device) if generator is not None
+                     else torch.arange(len(block), device=device))
+            for s in range(0, len(block), batch_size):
+                idx = order[s:s + batch_size]
+                yield {n: v[idx] for n, v in x.items()}, y[idx]

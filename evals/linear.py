@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from evals.features import FeatureSet
+from evals.features import FeatureRows, FeatureSet
 
 SGD_LRS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 ADAMW_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
@@ -42,18 +42,6 @@ def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> dict[
     return {k: int(hits[:, :k].any(dim=1).sum()) for k in ks}
 
 
-class Standardizer:
-    """Per-dimension mean/std from the training split (what a non-affine BatchNorm in front of
-    the linear layer, the MAE / I-JEPA probe recipe, converges to at evaluation)."""
-
-    def __init__(self, x: torch.Tensor):
-        self.mean = x.mean(0, keepdim=True)
-        self.std = x.std(0, keepdim=True).clamp_min(1e-6)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
-
-
 class LinearHeadGrid(nn.Module):
     """One linear head per (feature set, lr)."""
 
@@ -73,22 +61,14 @@ class LinearHeadGrid(nn.Module):
                 for head, (_, lr) in zip(self.heads, self.points)]
 
 
-def _tensors(features: FeatureSet, sets: Sequence[str], idx: Optional[np.ndarray], device) -> tuple[dict, torch.Tensor]:
-    pick = (lambda a: np.array(a if idx is None else a[idx]))  # a copy: cached arrays are read-only memmaps
-    x = {fs: torch.from_numpy(pick(features.get(fs))).float().to(device) for fs in sets}
-    y = torch.from_numpy(pick(features.labels)).long().to(device)
-    return x, y
-
-
 @torch.no_grad()
-def _evaluate(model: LinearHeadGrid, x: dict, y: torch.Tensor, batch_size: int) -> list[dict]:
+def _evaluate(model: LinearHeadGrid, rows: FeatureRows, batch_size: int, device) -> list[dict]:
     counts = [{1: 0, 5: 0} for _ in model.points]
-    for s in range(0, len(y), batch_size):
-        logits = model({k: v[s:s + batch_size] for k, v in x.items()})
-        for c, lg in zip(counts, logits):
-            for k, v in topk_correct(lg, y[s:s + batch_size]).items():
+    for x, y in rows.batches(batch_size, device):
+        for c, lg in zip(counts, model(x)):
+            for k, v in topk_correct(lg, y).items():
                 c[k] += v
-    n = max(len(y), 1)
+    n = max(len(rows), 1)
     return [{"top1": 100.0 * c[1] / n, "top5": 100.0 * c[5] / n} for c in counts]
 
 
@@ -121,36 +101,33 @@ def linear_probe(
     num_classes = int(max(train.labels.max(), val.labels.max())) + 1
     fit_idx, hold_idx = (split_holdout(len(train), holdout_fraction, seed) if selection == "holdout"
                          else (None, None))
-    x_fit, y_fit = _tensors(train, feature_sets, fit_idx, device)
-    x_val, y_val = _tensors(val, feature_sets, None, device)
-    x_hold, y_hold = _tensors(train, feature_sets, hold_idx, device) if hold_idx is not None else (None, None)
+    # Read from the (memory-mapped) cache a block at a time, never as a whole.
+    fit = FeatureRows(train, feature_sets, fit_idx)
+    val_rows = FeatureRows(val, feature_sets)
+    hold = FeatureRows(train, feature_sets, hold_idx) if hold_idx is not None else None
     if standardize:
-        norms = {fs: Standardizer(x_fit[fs]) for fs in feature_sets}
-        for x in filter(None, (x_fit, x_val, x_hold)):
-            for fs in feature_sets:
-                x[fs] = norms[fs](x[fs])
+        moments = fit.moments()
+        for rows in filter(None, (fit, val_rows, hold)):
+            rows.standardize_with(moments)
 
-    model = LinearHeadGrid({fs: x_fit[fs].shape[1] for fs in feature_sets}, lrs, num_classes).to(device)
+    model = LinearHeadGrid(fit.dims, lrs, num_classes).to(device)
     groups = model.param_groups(weight_decay)
     opt = (torch.optim.SGD(groups, momentum=momentum) if optimizer == "sgd" else torch.optim.AdamW(groups))
-    steps_per_epoch = math.ceil(len(y_fit) / batch_size)
+    steps_per_epoch = math.ceil(len(fit) / batch_size)
     total = max(1, epochs * steps_per_epoch)
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
     loss_fn = nn.CrossEntropyLoss()
     generator = torch.Generator(device="cpu").manual_seed(seed)
     for _ in tqdm(range(epochs), desc=f"linear heads ({len(model.points)} in one pass)", unit="epoch"):
-        perm = torch.randperm(len(y_fit), generator=generator).to(device)
-        for s in range(0, len(perm), batch_size):
-            idx = perm[s:s + batch_size]
-            logits = model({fs: x_fit[fs][idx] for fs in feature_sets})
-            loss = sum(loss_fn(lg, y_fit[idx]) for lg in logits)
+        for x, y in fit.batches(batch_size, device, generator):
+            loss = sum(loss_fn(lg, y) for lg in model(x))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             schedule.step()
 
-    val_scores = _evaluate(model, x_val, y_val, 4096)
-    hold_scores = _evaluate(model, x_hold, y_hold, 4096) if x_hold is not None else None
+    val_scores = _evaluate(model, val_rows, 4096, device)
+    hold_scores = _evaluate(model, hold, 4096, device) if hold is not None else None
     chooser = hold_scores if hold_scores is not None else val_scores
     best = _choose([s["top1"] for s in chooser])
     fs, lr = model.points[best]
@@ -174,7 +151,7 @@ def linear_probe(
             "weight_decay": weight_decay, "schedule": "cosine to 0, per step", "selection": selection,
             "holdout_fraction": holdout_fraction if selection == "holdout" else None,
             "standardize": standardize, "seed": seed, "num_classes": num_classes,
-            "num_train": int(len(y_fit)), "num_val": int(len(y_val)),
+            "num_train": len(fit), "num_val": len(val_rows),
             "train_augmentation": "none (features cached once, center crop)",
         },
     }

@@ -26,6 +26,7 @@ except ImportError as e:  # give the fix, not just the missing module
     ) from e
 
 from evals.backbones.base import Backbone, BackboneSpec, build_backbone
+from evals.distributed import current_world
 from evals.segmentation.linear_head import backbone_feature_maps
 
 INSTALL_HINT = "run `bash scripts/install_mm.sh .venv/bin/python` (or `make install-mm`)"
@@ -101,14 +102,19 @@ def work_dir_or_temp(work_dir: Optional[str]) -> Iterator[str]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def runner_defaults(work_dir: str, iters: int, seed: int, log_interval: int, save_checkpoint: bool) -> dict:
-    """Runner arguments every adapter uses: iteration-based logging, one final checkpoint."""
+def runner_defaults(work_dir: str, iters: int, seed: int, log_interval: int, save_checkpoint: bool,
+                    device: str = "cpu", checkpoint_every: Optional[int] = None, resume: bool = False,
+                    find_unused: bool = False) -> dict:
+    """Runner arguments every adapter uses: iteration-based logging, a checkpoint every
+    ``checkpoint_every`` iterations (default: only the last) that ``resume`` continues from,
+    and the launcher of the current torchrun world."""
+    every = min(checkpoint_every or iters, iters)
     hooks = dict(
         timer=dict(type="IterTimerHook"),
         logger=dict(type="LoggerHook", interval=max(log_interval, 1), log_metric_by_epoch=False),
         param_scheduler=dict(type="ParamSchedulerHook"),
         sampler_seed=dict(type="DistSamplerSeedHook"),
-        checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=iters, max_keep_ckpts=1,
+        checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=every, max_keep_ckpts=1,
                         save_last=True) if save_checkpoint else None,
     )
     return dict(
@@ -116,9 +122,35 @@ def runner_defaults(work_dir: str, iters: int, seed: int, log_interval: int, sav
         default_hooks=hooks,
         log_processor=dict(by_epoch=False),
         randomness=dict(seed=seed),
-        env_cfg=dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork"), dist_cfg=dict(backend="nccl")),
-        launcher="none",
+        resume=resume,
+        **launcher_settings(device, find_unused),
     )
+
+
+def launcher_settings(device: str, find_unused: bool = False) -> dict:
+    """``launcher='pytorch'`` under torchrun, else 'none'.
+
+    The process group is joined before the Runner exists (``evals.distributed.init_from_env``:
+    gloo on CPU, NCCL on CUDA), and mmengine then uses it as it is. Its DDP wrapper gets
+    ``device_ids`` only on CUDA (a CPU module takes none)."""
+    cuda = torch.device(device).type == "cuda"
+    env = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork"),
+               dist_cfg=dict(backend="nccl" if cuda else "gloo"))
+    if current_world().size == 1:
+        return dict(env_cfg=env, launcher="none")
+    wrapper = dict(type="MMDistributedDataParallel", broadcast_buffers=False, find_unused_parameters=find_unused)
+    if not cuda:
+        wrapper["device_ids"] = None
+    # The Runner reads the wrapper from its cfg only (no keyword argument for it).
+    return dict(env_cfg=env, launcher="pytorch", cfg=dict(model_wrapper_cfg=wrapper))
+
+
+def optim_wrapper(optimizer: dict, device: str, **kwargs) -> dict:
+    """mmengine's AMP optimizer wrapper in bf16 on CUDA (no loss scaling needed), the plain
+    one on CPU (AMP there is CUDA-only)."""
+    if torch.device(device).type == "cuda":
+        return dict(type="AmpOptimWrapper", dtype="bfloat16", optimizer=optimizer, **kwargs)
+    return dict(type="OptimWrapper", optimizer=optimizer, **kwargs)
 
 
 def unique_experiment_name(task: str) -> str:

@@ -78,6 +78,10 @@ class ModelConfig:
     # (softmax ignores a shift shared by all words) but closes the regularizers' degenerate
     # minimum where every key sits in one cone and every query points away (README, Results).
     grounding_keys: Literal["raw", "centered"] = "raw"
+    # Text cross-attention with max pooling at the cross-attention: "fused" = one Triton kernel
+    # per layer that never writes the per-caption outputs (tcjepa.kernels.text_xattn), "eager" =
+    # PyTorch ops, "auto" = fused on CUDA with Triton under bf16 autocast (kernels.text_xattn).
+    text_attention_impl: Literal["auto", "fused", "eager"] = "auto"
 
 
 @dataclass
@@ -111,6 +115,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     precision: Literal["bf16", "fp32"] = "bf16"  # bf16 autocast applies on GPU only
     compile: bool = False
+    # What train.compile compiles: each transformer block in place, one graph per block class
+    # reused by every layer (tcjepa.train.compile), or the whole model as one graph.
+    compile_scope: Literal["blocks", "model"] = "blocks"
     distributed: Literal["none", "ddp", "fsdp"] = "none"
     log_every: int = 10
     monitor_every: int = 100

@@ -21,6 +21,7 @@ from evals.mm_runtime import (
     INSTALL_HINT,
     FrozenBackbone,
     mmengine_checkpoint_globals,
+    optim_wrapper,
     register_module_once,
     runner_defaults,
     unique_experiment_name,
@@ -38,6 +39,7 @@ except ImportError as e:
 
 from evals.backbones.base import Backbone
 from evals.datasets.coco import COCOInstances
+from evals.distributed import current_world
 from evals.detection.simple_fpn import STRIDES, SimpleFeaturePyramid
 from evals.detection.torchvision_engine import AP_NAMES, DetectionSettings
 
@@ -170,12 +172,13 @@ def build_runner(backbone: Backbone, train_set: COCOInstances, val_set: COCOInst
     loader = dict(num_workers=settings.num_workers, persistent_workers=settings.num_workers > 0)
     runner = Runner(
         model=model.to(settings.device),
-        train_dataloader=dict(batch_size=settings.batch_size, sampler=dict(type="InfiniteSampler", shuffle=True),
+        # settings.batch_size is per iteration; mmengine's is per rank
+        train_dataloader=dict(batch_size=max(settings.batch_size // current_world().size, 1), sampler=dict(type="InfiniteSampler", shuffle=True),
                               batch_sampler=dict(type="AspectRatioBatchSampler"),
                               dataset=dataset_config(train_set, train_ann, settings, True), **loader),
         train_cfg=dict(type="IterBasedTrainLoop", max_iters=total, val_interval=total + 1),
-        optim_wrapper=dict(type="OptimWrapper", optimizer=dict(
-            type="SGD", lr=settings.base_lr(), momentum=0.9, weight_decay=settings.weight_decay)),
+        optim_wrapper=optim_wrapper(dict(type="SGD", lr=settings.base_lr(), momentum=0.9,
+                                         weight_decay=settings.weight_decay), settings.device),
         param_scheduler=[
             dict(type="LinearLR", start_factor=0.001, by_epoch=False, begin=0, end=warmup),
             dict(type="MultiStepLR", by_epoch=False, begin=0, end=total, milestones=milestones, gamma=0.1),
@@ -187,7 +190,10 @@ def build_runner(backbone: Backbone, train_set: COCOInstances, val_set: COCOInst
                             format_only=False),
         default_scope="mmdet",
         experiment_name=unique_experiment_name("coco_mask_rcnn"),
-        **runner_defaults(work_dir, total, settings.seed, log_interval=min(50, total), save_checkpoint=True),
+        # find_unused: the mask head gets no gradient on a batch without positive RoIs
+        **runner_defaults(work_dir, total, settings.seed, log_interval=min(50, total), save_checkpoint=True,
+                          device=settings.device, checkpoint_every=settings.checkpoint_every,
+                          resume=settings.resume, find_unused=True),
     )
     return runner, {"iters": total, "iters_per_epoch": iters_per_epoch, "warmup_iters": warmup,
                     "lr_milestones": milestones}

@@ -49,6 +49,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="torch device (default: %(default)s)")
     g.add_argument("--num-workers", type=int, default=0, help="data-loading workers (default: 0)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    g.add_argument("--checkpoint-every", type=int, default=1000,
+                   help="with --out: save the training state every N iterations (default: 1000)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue training from the checkpoint under --out (torchvision: torchvision/head_last.pt, "
+                        "mmdet: mmengine's last checkpoint)")
     g.add_argument("--out", default=None,
                    help="folder for this run's coco_det_metrics.json and, under mmdet/, the mmdet logs and checkpoint "
                         "(default: mmdet uses a temporary folder; nothing is written by torchvision)")
@@ -60,7 +65,8 @@ def settings_from_args(args: argparse.Namespace) -> DetectionSettings:
         weight_decay=args.weight_decay, warmup_iters=args.warmup_iters, min_size=args.min_size,
         max_size=args.max_size, pyramid_channels=args.pyramid_channels, rois_per_image=args.rois_per_image,
         detections_per_image=args.detections_per_image, device=args.device,
-        num_workers=args.num_workers, seed=args.seed,
+        num_workers=args.num_workers, seed=args.seed, checkpoint_every=args.checkpoint_every, resume=args.resume,
+        work_dir=str(Path(args.out) / args.engine) if args.out else None,
     )
 
 
@@ -75,8 +81,7 @@ def run(backbone: Backbone, args: argparse.Namespace) -> dict:
             from evals.detection.mmdet_adapter import run_mmdet_detection
         except ImportError as e:
             raise UserError(f"--engine mmdet: {e}") from None
-        work_dir = str(Path(args.out) / "mmdet") if args.out else None
-        metrics = run_mmdet_detection(backbone, train_set, val_set, settings, work_dir=work_dir)
+        metrics = run_mmdet_detection(backbone, train_set, val_set, settings, work_dir=settings.work_dir)
     engine = metrics.pop("engine_settings", {})
     metrics["protocol"] = {
         **backbone.protocol_info(),

@@ -9,6 +9,7 @@ when run for 12 epochs). Box and mask AP from pycocotools' COCOeval.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import math
 import random
@@ -23,6 +24,8 @@ from tqdm.auto import tqdm
 from evals.backbones.base import Backbone
 from evals.datasets.coco import COCOInstances
 from evals.detection.simple_fpn import SimpleFeaturePyramid
+from evals.distributed import current_world, shard
+from evals.head_training import HeadCheckpoint, autocast, data_parallel
 from evals.segmentation.linear_head import pad_to_patch_multiple
 
 AP_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -44,6 +47,9 @@ class DetectionSettings:
     device: str = "cpu"
     num_workers: int = 0
     seed: int = 0
+    work_dir: Optional[str] = None  # training state saved here every checkpoint_every iterations
+    checkpoint_every: int = 1000
+    resume: bool = False  # continue from work_dir's checkpoint
 
     def base_lr(self) -> float:
         return self.lr if self.lr is not None else 0.02 * self.batch_size / 16
@@ -101,31 +107,53 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
     return warm * (0.1 ** sum(step >= math.floor(total * f) for f in (8 / 12, 11 / 12)))
 
 
+@functools.lru_cache(maxsize=2)
+def _permutation(items: tuple, seed: int, epoch: int) -> list:
+    return random.Random(f"{seed}-{epoch}").sample(items, len(items))
+
+
+def epoch_order(items: list, seed: int, position: int):
+    """The ``position``-th image drawn: epochs of seeded permutations, a pure function of the
+    position, so a resumed run draws what the uninterrupted one would have."""
+    epoch, k = divmod(position, len(items))
+    return _permutation(tuple(items), seed, epoch)[k]
+
+
 def train_mask_rcnn(model, train_set: COCOInstances, settings: DetectionSettings) -> dict:
-    rng = random.Random(settings.seed)
+    """SGD on everything but the frozen backbone. Under torchrun: DDP, each rank drawing
+    ``batch_size / ranks`` images of its own share; resumable from ``work_dir``."""
+    world = current_world()
+    rng = random.Random(settings.seed + world.rank)
     iters_per_epoch = math.ceil(len(train_set) / settings.batch_size)
     total = settings.total_iters(iters_per_epoch)
     warmup = min(settings.warmup_iters, max(total // 4, 1))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=settings.base_lr(), momentum=0.9, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warmup))
-    model.train()
-    order: list[int] = []
-    progress = tqdm(range(total), desc="det: training Mask R-CNN (torchvision)")
-    for _ in progress:
-        if len(order) < settings.batch_size:
-            order += rng.sample(range(len(train_set)), len(train_set))
-        batch = [_to_torchvision(*train_set[order.pop()], flip=rng.random() < 0.5) for _ in range(settings.batch_size)]
+    ddp = data_parallel(model, world, settings.device, find_unused=True)
+    checkpoint = HeadCheckpoint(settings.work_dir, settings.checkpoint_every, world, frozen_prefix="backbone.backbone.")
+    start = checkpoint.restore(ddp, optimizer, scheduler, None, rng) if settings.resume else 0
+    local = shard(range(len(train_set)), world)
+    per_rank = max(settings.batch_size // world.size, 1)
+    ddp.train()
+    progress = tqdm(range(start, total), desc="det: training Mask R-CNN (torchvision)", disable=not world.is_main,
+                    initial=start, total=total)
+    for step in progress:
+        picks = [epoch_order(local, settings.seed, pos) for pos in range(step * per_rank, (step + 1) * per_rank)]
+        batch = [_to_torchvision(*train_set[i], flip=rng.random() < 0.5) for i in picks]
         images = [x.to(settings.device) for x, _ in batch]
         targets = [{k: v.to(settings.device) for k, v in t.items()} for _, t in batch]
-        losses = model(images, targets)
-        loss = sum(losses.values())
+        with autocast(settings.device):
+            losses = ddp(images, targets)
+        loss = sum(v.float() for v in losses.values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
+        checkpoint.maybe_save(step + 1, total, ddp, optimizer, scheduler, None, rng)
         progress.set_postfix(loss=f"{loss.item():.3f}")
-    return {"iters": total, "iters_per_epoch": iters_per_epoch, "warmup_iters": warmup}
+    return {"iters": total, "iters_per_epoch": iters_per_epoch, "warmup_iters": warmup, "train_ranks": world.size,
+            "resumed_from_step": start}
 
 
 @torch.no_grad()
@@ -134,11 +162,14 @@ def predict_coco_results(model, val_set: COCOInstances, settings: DetectionSetti
     from pycocotools import mask as mask_utils
 
     model.eval()
+    world = current_world()
     boxes_out, segms_out = [], []
-    for i in tqdm(range(len(val_set)), desc="det: inference"):
+    for i in tqdm(shard(range(len(val_set)), world), desc="det: inference", disable=not world.is_main):
         image, target = val_set[i]
         x, _ = _to_torchvision(image, target)
-        pred = model([x.to(settings.device)])[0]
+        with autocast(settings.device):
+            pred = model([x.to(settings.device)])[0]
+        pred = {k: v.float() if v.is_floating_point() else v for k, v in pred.items()}
         masks = (pred["masks"][:, 0] > 0.5).cpu().numpy().astype(np.uint8)
         for box, label, score, mask in zip(pred["boxes"].tolist(), pred["labels"].tolist(),
                                            pred["scores"].tolist(), masks):
@@ -168,6 +199,11 @@ def coco_ap(coco_gt, results: list, iou_type: str, image_ids: list[int]) -> dict
 
 def evaluate_mask_rcnn(model, val_set: COCOInstances, settings: DetectionSettings) -> dict:
     boxes, segms = predict_coco_results(model, val_set, settings)
+    world = current_world()
+    if world.size > 1:  # each rank predicted its share; every rank scores the union
+        gathered = [None] * world.size
+        torch.distributed.all_gather_object(gathered, (boxes, segms))
+        boxes, segms = [b for part, _ in gathered for b in part], [s for _, part in gathered for s in part]
     bbox, segm = coco_ap(val_set.coco, boxes, "bbox", val_set.image_ids), coco_ap(val_set.coco, segms, "segm", val_set.image_ids)
     metrics = {f"bbox_{k}": v for k, v in bbox.items()}
     metrics.update({f"segm_{k}": v for k, v in segm.items()})

@@ -19,6 +19,7 @@ from evals.mm_runtime import (
     INSTALL_HINT,
     FrozenBackbone,
     mmengine_checkpoint_globals,
+    optim_wrapper,
     register_module_once,
     runner_defaults,
     unique_experiment_name,
@@ -39,6 +40,7 @@ except ImportError as e:
 
 from evals.backbones.base import Backbone
 from evals.datasets.ade20k import ADE20kSegmentation, class_palette
+from evals.distributed import current_world
 from evals.segmentation.linear_head import LinearSegmentationHead, upsample_logits
 from evals.segmentation.torch_engine import SegmentationSettings
 
@@ -153,29 +155,39 @@ def dataset_config(dataset: ADE20kSegmentation, settings: SegmentationSettings, 
     return cfg
 
 
-def build_runner(backbone: Backbone, train_set: Optional[ADE20kSegmentation], val_set: ADE20kSegmentation,
-                 settings: SegmentationSettings, work_dir: str, load_from: Optional[str] = None) -> Runner:
-    # Built here rather than by the Runner, so the backbone object is injected, not copied.
-    # mm models read their configs by attribute (test_cfg.mode): hence ConfigDict. The scope
-    # keeps nested builds in mmseg's registries even after an mmdet runner ran in this process.
+def build_model(config: dict):
+    """Built here rather than by the Runner, so an injected backbone object is used, not copied.
+    mm models read their configs by attribute (test_cfg.mode): hence ConfigDict. The scope
+    keeps nested builds in mmseg's registries even after an mmdet runner ran in this process."""
     with DefaultScope.overwrite_default_scope("mmseg"):
-        model = MODELS.build(ConfigDict(model_config(
-            dict(backbone=backbone), backbone.embed_dim, backbone.patch_size, backbone.mean, backbone.std,
-            val_set.num_classes, settings)))
+        return MODELS.build(ConfigDict(config))
+
+
+def build_runner(backbone: Backbone, train_set: Optional[ADE20kSegmentation], val_set: ADE20kSegmentation,
+                 settings: SegmentationSettings, work_dir: str, load_from: Optional[str] = None,
+                 model=None, optimizer: Optional[dict] = None, task: str = "ade20k_linear") -> Runner:
+    """A Runner for the linear head, or for ``model`` with ``optimizer`` (fine-tuning)."""
+    if model is None:
+        model = build_model(model_config(dict(backbone=backbone), backbone.embed_dim, backbone.patch_size,
+                                         backbone.mean, backbone.std, val_set.num_classes, settings,
+                                         norm="SyncBN" if _multi_gpu(settings) else "BN"))
+    optimizer = optimizer or dict(optimizer=dict(type="AdamW", lr=settings.lr, betas=(0.9, 0.999),
+                                                 weight_decay=settings.weight_decay))
     iters = max(settings.iters, 1)
     warmup = settings.effective_warmup()
     kwargs = runner_defaults(work_dir, iters, settings.seed, log_interval=min(50, iters),
-                             save_checkpoint=train_set is not None)
+                             save_checkpoint=train_set is not None, device=settings.device,
+                             checkpoint_every=settings.checkpoint_every, resume=settings.resume and train_set is not None)
     if train_set is not None:
         kwargs.update(
             train_dataloader=dict(
-                batch_size=settings.batch_size, num_workers=settings.num_workers,
+                # settings.batch_size is per iteration; mmengine's is per rank
+                batch_size=max(settings.batch_size // current_world().size, 1), num_workers=settings.num_workers,
                 persistent_workers=settings.num_workers > 0,
                 sampler=dict(type="InfiniteSampler", shuffle=True), dataset=dataset_config(train_set, settings, True),
             ),
             train_cfg=dict(type="IterBasedTrainLoop", max_iters=iters, val_interval=iters + 1),
-            optim_wrapper=dict(type="OptimWrapper", optimizer=dict(
-                type="AdamW", lr=settings.lr, betas=(0.9, 0.999), weight_decay=settings.weight_decay)),
+            optim_wrapper=optim_wrapper(device=settings.device, **optimizer),
             param_scheduler=[
                 *([dict(type="LinearLR", start_factor=1e-6, by_epoch=False, begin=0, end=warmup)] if warmup else []),
                 dict(type="PolyLR", power=1.0, eta_min=0.0, by_epoch=False, begin=warmup, end=iters),
@@ -191,9 +203,13 @@ def build_runner(backbone: Backbone, train_set: Optional[ADE20kSegmentation], va
         test_evaluator=dict(type="IoUMetricPerClass", iou_metrics=["mIoU"]),
         load_from=load_from,
         default_scope="mmseg",
-        experiment_name=unique_experiment_name("ade20k_linear"),
+        experiment_name=unique_experiment_name(task),
         **kwargs,
     )
+
+
+def _multi_gpu(settings: SegmentationSettings) -> bool:
+    return current_world().size > 1 and torch.device(settings.device).type == "cuda"
 
 
 def run_mmseg_segmentation(backbone: Backbone, train_set: Optional[ADE20kSegmentation], val_set: ADE20kSegmentation,
@@ -210,7 +226,8 @@ def run_mmseg_segmentation(backbone: Backbone, train_set: Optional[ADE20kSegment
         if train is not None:
             runner.train()
         if head is not None:
-            runner.model.decode_head.load_state_dict(head.state_dict())
+            model = runner.model.module if hasattr(runner.model, "module") else runner.model  # DDP-wrapped
+            model.decode_head.load_state_dict(head.state_dict())
         raw = runner.test()
     per_class = {name: raw.get(f"IoU.{name}") for name in val_set.classes}
     return {

@@ -22,17 +22,31 @@ LABEL_REDUCTION = "reduce_zero_label: 0 ('other') -> ignore 255, k -> k-1"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("ADE20k linear segmentation")
-    g.add_argument("--data", required=True,
-                   help="folder holding ADEChallengeData2016/{images,annotations}/{training,validation} "
-                        "(or that folder itself)")
-    g.add_argument("--engine", choices=("torch", "mmseg"), default="torch",
-                   help="torch: pure-torch engine, no mm stack; mmseg: MMSegmentation Runner "
-                        "(needs scripts/install_mm.sh) (default: torch)")
-    g.add_argument("--iters", type=int, default=40000, help="head training iterations (default: 40000)")
+    g = add_segmentation_arguments(
+        parser, "ADE20k linear segmentation",
+        "folder holding ADEChallengeData2016/{images,annotations}/{training,validation} (or that folder itself)",
+        engines=("torch", "mmseg"))
+    g.add_argument("--no-reduce-zero-label", dest="reduce_zero_label", action="store_false",
+                   help="keep label 0 as a class (ADE20k ignores it; only for trees without 'other')")
+
+
+ENGINE_HELP = {"torch": "torch: pure-torch engine, no mm stack",
+               "mmseg": "mmseg: MMSegmentation Runner (needs scripts/install_mm.sh)"}
+
+
+def add_segmentation_arguments(parser: argparse.ArgumentParser, title: str, data_help: str,
+                               engines: tuple[str, ...], iters: int = 40000, lr: float = 1e-3,
+                               weight_decay: float = 1e-4) -> argparse._ArgumentGroup:
+    """The options every segmentation protocol shares (schedule, crops, checkpoints); the
+    defaults given are the protocol's own."""
+    g = parser.add_argument_group(title)
+    g.add_argument("--data", required=True, help=data_help)
+    g.add_argument("--engine", choices=engines, default=engines[0],
+                   help="; ".join(ENGINE_HELP[e] for e in engines) + " (default: %(default)s)")
+    g.add_argument("--iters", type=int, default=iters, help="training iterations (default: %(default)s)")
     g.add_argument("--batch-size", type=int, default=16, help="training crops per iteration (default: 16)")
-    g.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate of the head (default: 1e-3)")
-    g.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default: 1e-4)")
+    g.add_argument("--lr", type=float, default=lr, help="AdamW learning rate of the head (default: %(default)s)")
+    g.add_argument("--weight-decay", type=float, default=weight_decay, help="AdamW weight decay (default: %(default)s)")
     g.add_argument("--warmup-iters", type=int, default=1500,
                    help="linear warmup iterations, capped at iters/10 (default: 1500)")
     g.add_argument("--crop-size", type=int, default=512,
@@ -42,8 +56,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="sliding-window stride (default: 2/3 of the crop size, 341 for 512)")
     g.add_argument("--layers", type=int, default=1,
                    help="concatenate the patch tokens of the last N blocks (1 or 4 usual) (default: 1)")
-    g.add_argument("--no-reduce-zero-label", dest="reduce_zero_label", action="store_false",
-                   help="keep label 0 as a class (ADE20k ignores it; only for trees without 'other')")
     g.add_argument("--max-train-images", type=int, default=None, help="use only the first N training images")
     g.add_argument("--max-val-images", type=int, default=None, help="use only the first N validation images")
     g.add_argument("--max-cache-gb", type=float, default=4.0,
@@ -53,9 +65,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="torch device (default: %(default)s)")
     g.add_argument("--num-workers", type=int, default=0, help="data-loading workers (default: 0)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    g.add_argument("--checkpoint-every", type=int, default=1000,
+                   help="with --out: save the head's training state every N iterations (default: 1000)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the head training from the checkpoint under --out (torch: torch/head_last.pt, "
+                        "mmseg: mmengine's last checkpoint)")
     g.add_argument("--out", default=None,
-                   help="folder for this run's ade20k_linear_metrics.json and, under mmseg/, the mmseg logs and checkpoint "
+                   help="folder for this run's <task>_metrics.json and, under mmseg/, the mmseg logs and checkpoint "
                         "(default: mmseg uses a temporary folder; nothing is written by torch)")
+    return g
 
 
 def settings_from_args(args: argparse.Namespace) -> SegmentationSettings:
@@ -63,7 +81,8 @@ def settings_from_args(args: argparse.Namespace) -> SegmentationSettings:
         crop_size=args.crop_size, stride=args.stride or max(args.crop_size * 2 // 3, 1), layers=args.layers,
         iters=args.iters, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         warmup_iters=args.warmup_iters, max_cache_gb=args.max_cache_gb, seed=args.seed, device=args.device,
-        num_workers=args.num_workers,
+        num_workers=args.num_workers, checkpoint_every=args.checkpoint_every, resume=args.resume,
+        work_dir=str(Path(args.out) / args.engine) if args.out else None,
     )
 
 
@@ -79,14 +98,22 @@ def run(backbone: Backbone, args: argparse.Namespace) -> dict:
             from evals.segmentation.mmseg_adapter import run_mmseg_segmentation
         except ImportError as e:
             raise UserError(f"--engine mmseg: {e}") from None
-        work_dir = str(Path(args.out) / "mmseg") if args.out else None
-        metrics = run_mmseg_segmentation(backbone, train_set, val_set, settings, work_dir=work_dir)
-    engine_settings = metrics.pop("engine_settings", {})
-    metrics["protocol"] = {
+        metrics = run_mmseg_segmentation(backbone, train_set, val_set, settings, work_dir=settings.work_dir)
+    metrics["protocol"] = protocol_record(
+        backbone, settings, args.engine, train_set, val_set, str(find_ade20k_root(args.data)),
+        "ade20k_linear_segmentation", LABEL_REDUCTION if reduce else "none", metrics.pop("engine_settings", {}))
+    write_metrics(args.out, "ade20k_linear", metrics)
+    return metrics
+
+
+def protocol_record(backbone: Backbone, settings: SegmentationSettings, engine: str, train_set, val_set,
+                    data: str, task: str, label_reduction: str, engine_settings: dict) -> dict:
+    """The settings a linear segmentation result records beside its numbers."""
+    return {
         **backbone.protocol_info(),
-        "task": "ade20k_linear_segmentation",
-        "engine": args.engine,
-        "data": str(find_ade20k_root(args.data)),
+        "task": task,
+        "engine": engine,
+        "data": data,
         "num_classes": train_set.num_classes,
         "train_images": len(train_set),
         "val_images": len(val_set),
@@ -95,7 +122,7 @@ def run(backbone: Backbone, args: argparse.Namespace) -> dict:
         "head": "BatchNorm + 1x1 conv on patch tokens, bilinear upsampling",
         "crop_size": settings.crop_size,
         "slide_stride": settings.stride,
-        "label_reduction": LABEL_REDUCTION if reduce else "none",
+        "label_reduction": label_reduction,
         "iters": settings.iters,
         "batch_size": settings.batch_size,
         "lr": settings.lr,
@@ -103,7 +130,9 @@ def run(backbone: Backbone, args: argparse.Namespace) -> dict:
         "schedule": f"AdamW, linear warmup {settings.effective_warmup()} iters, poly(1.0) decay",
         **{k: v for k, v in engine_settings.items() if k.startswith("train_")},
     }
-    if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "ade20k_linear_metrics.json").write_text(json.dumps(metrics, indent=2))
-    return metrics
+
+
+def write_metrics(out, task: str, metrics: dict) -> None:
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / f"{task}_metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -23,6 +23,8 @@ from tqdm.auto import tqdm
 
 from evals.backbones.base import Backbone
 from evals.datasets.ade20k import IGNORE_INDEX
+from evals.distributed import current_world, shard
+from evals.head_training import HeadCheckpoint, all_reduce_sum, autocast, data_parallel
 from evals.segmentation.linear_head import LinearSegmentationHead, backbone_feature_maps, upsample_logits
 
 
@@ -40,6 +42,9 @@ class SegmentationSettings:
     seed: int = 0
     device: str = "cpu"
     num_workers: int = 0
+    work_dir: Optional[str] = None  # head checkpoint goes here (every checkpoint_every iters)
+    checkpoint_every: int = 1000
+    resume: bool = False  # continue from work_dir's checkpoint
 
     def effective_warmup(self) -> int:
         return min(self.warmup_iters, self.iters // 10)
@@ -160,7 +165,8 @@ def _train_crops(backbone: Backbone, train_set, settings: SegmentationSettings):
                          desc="seg: features of training crops", total=len(train_set)):
         for y1, y2, x1, x2 in sliding_windows(*x.shape[-2:], crop, settings.stride):
             cx, cl = pad_crop(x[:, y1:y2, x1:x2], label[y1:y2, x1:x2], crop)
-            maps = backbone_feature_maps(backbone, cx[None].to(settings.device), settings.layers)
+            with autocast(settings.device):
+                maps = backbone_feature_maps(backbone, cx[None].to(settings.device), settings.layers)
             feats.append(torch.cat(maps, 1)[0].half().cpu())
             labels.append(cl.to(torch.uint8))
     return torch.stack(feats), torch.stack(labels)
@@ -172,11 +178,12 @@ def _cache_bytes(backbone: Backbone, train_set, settings: SegmentationSettings) 
     return len(train_set) * 2 * settings.layers * backbone.embed_dim * grid * grid * 2
 
 
-def _online_batch(backbone: Backbone, train_set, settings: SegmentationSettings, rng: random.Random):
+def _online_batch(backbone: Backbone, train_set, settings: SegmentationSettings, rng: random.Random,
+                  batch_size: int):
     """Random resize (0.5-2x of the protocol size), random crop and flip: mmseg's train pipeline
     without photometric distortion."""
     crop, xs, ls = settings.crop_size, [], []
-    for i in rng.sample(range(len(train_set)), min(settings.batch_size, len(train_set))):
+    for i in rng.sample(range(len(train_set)), min(batch_size, len(train_set))):
         image, label = train_set[i]
         h, w = protocol_size(*image.shape[:2], crop)
         ratio = rng.uniform(0.5, 2.0)
@@ -189,8 +196,9 @@ def _online_batch(backbone: Backbone, train_set, settings: SegmentationSettings,
             x, lab = x.flip(-1), lab.flip(-1)
         xs.append(x)
         ls.append(lab)
-    maps = backbone_feature_maps(backbone, torch.stack(xs).to(settings.device), settings.layers)
-    return torch.cat(maps, 1), torch.stack(ls)
+    with autocast(settings.device):
+        maps = backbone_feature_maps(backbone, torch.stack(xs).to(settings.device), settings.layers)
+    return torch.cat(maps, 1).float(), torch.stack(ls)
 
 
 def lr_factor(step: int, settings: SegmentationSettings) -> float:
@@ -202,40 +210,57 @@ def lr_factor(step: int, settings: SegmentationSettings) -> float:
 
 
 def train_linear_head(backbone: Backbone, train_set, settings: SegmentationSettings) -> tuple[LinearSegmentationHead, dict]:
-    """Train the head on frozen features; returns the head and how training data was fed."""
+    """Train the head on frozen features; returns the head and how training data was fed.
+
+    Under torchrun each rank feeds ``batch_size / ranks`` crops of its own share of the
+    images to a DDP head; with ``work_dir`` set, training resumes from its checkpoint."""
+    world = current_world()
     torch.manual_seed(settings.seed)
-    rng = random.Random(settings.seed)
+    rng = random.Random(settings.seed + world.rank)
     backbone.to(settings.device).eval()
     head = LinearSegmentationHead(backbone.embed_dim * settings.layers, train_set.num_classes).to(settings.device)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    model = data_parallel(head, world, settings.device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, settings))
+    per_rank = max(settings.batch_size // world.size, 1)
+    local_set = torch.utils.data.Subset(train_set, shard(range(len(train_set)), world)) if world.size > 1 else train_set
 
     cached = _cache_bytes(backbone, train_set, settings) <= settings.max_cache_gb * 2**30
+    generator = torch.Generator().manual_seed(settings.seed + world.rank)
     if cached:
-        bank_feats, bank_labels = _train_crops(backbone, train_set, settings)
-        generator = torch.Generator().manual_seed(settings.seed)
-    head.train()
-    progress = tqdm(range(settings.iters), desc="seg: training linear head")
-    for _ in progress:
+        bank_feats, bank_labels = _train_crops(backbone, local_set, settings)
+    checkpoint = HeadCheckpoint(settings.work_dir, settings.checkpoint_every, world)
+    start = checkpoint.restore(model, optimizer, scheduler, generator, rng) if settings.resume else 0
+    model.train()
+    progress = tqdm(range(start, settings.iters), desc="seg: training linear head", disable=not world.is_main,
+                    initial=start, total=settings.iters)
+    for step in progress:
         if cached:
-            idx = torch.randint(len(bank_feats), (settings.batch_size,), generator=generator)
+            idx = torch.randint(len(bank_feats), (per_rank,), generator=generator)
             feats, labels = bank_feats[idx].float().to(settings.device), bank_labels[idx].long().to(settings.device)
         else:
-            feats, labels = _online_batch(backbone, train_set, settings, rng)
+            feats, labels = _online_batch(backbone, local_set, settings, rng, per_rank)
             labels = labels.long().to(settings.device)
-        logits = upsample_logits(head([feats]), labels.shape[-2:], backbone.patch_size)
+        with autocast(settings.device):
+            logits = model([feats])
+        logits = upsample_logits(logits.float(), labels.shape[-2:], backbone.patch_size)
         loss = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
         optimizer.zero_grad(set_to_none=True)
-        if torch.isfinite(loss):  # a batch of all-ignore labels has no gradient to give
+        if not torch.isfinite(loss) and world.size > 1:
+            # An all-ignore batch has no gradient, but under DDP every rank must join the
+            # gradient all-reduce: a zero loss on the same graph does that.
+            loss = logits.sum() * 0.0
+        if torch.isfinite(loss):  # one process skips an all-ignore batch's step altogether
             loss.backward()
             optimizer.step()
         scheduler.step()
+        checkpoint.maybe_save(step + 1, settings.iters, model, optimizer, scheduler, generator, rng)
         progress.set_postfix(loss=f"{loss.item():.3f}")
     head.eval()
     feeding = ({"train_features": "cached once per fixed sliding-window crop", "train_augmentation": "none",
-                "train_crops": int(len(bank_feats))} if cached else
+                "train_crops": int(len(bank_feats)) * world.size} if cached else
                {"train_features": "online", "train_augmentation": "random resize 0.5-2x, random crop, h-flip"})
-    return head, feeding
+    return head, {**feeding, "train_ranks": world.size, "train_resumed_from_step": start}
 
 
 # ----------------------------------------------------------------------------- inference
@@ -264,14 +289,17 @@ def evaluate_linear_head(backbone: Backbone, head: LinearSegmentationHead, val_s
                          settings: SegmentationSettings) -> dict:
     backbone.to(settings.device).eval()
     head.to(settings.device).eval()
+    world = current_world()
     k = head.num_classes
     confusion = torch.zeros(k, k, dtype=torch.int64)
-    for x, label in tqdm(_loader(_Prepared(val_set, backbone, settings.crop_size, False), settings),
-                         desc="seg: sliding-window evaluation", total=len(val_set)):
-        logits = slide_logits(backbone, head, x.to(settings.device), settings)
+    local = torch.utils.data.Subset(val_set, shard(range(len(val_set)), world)) if world.size > 1 else val_set
+    for x, label in tqdm(_loader(_Prepared(local, backbone, settings.crop_size, False), settings),
+                         desc="seg: sliding-window evaluation", total=len(local), disable=not world.is_main):
+        with autocast(settings.device):
+            logits = slide_logits(backbone, head, x.to(settings.device), settings).float()
         logits = F.interpolate(logits[None], size=label.shape, mode="bilinear", align_corners=False)[0]
         update_confusion(confusion, logits.argmax(0).cpu(), label)
-    return segmentation_metrics(confusion, val_set.classes)
+    return segmentation_metrics(all_reduce_sum(confusion, world, settings.device), val_set.classes)
 
 
 def run_torch_segmentation(backbone: Backbone, train_set, val_set, settings: SegmentationSettings,

@@ -5,6 +5,8 @@
     tcjepa-data from-wds --shards 'data/shards/shard-{000000..000009}.tar' --out data/scenes2
     tcjepa-data masks --config configs/cpu/tiny.yaml --out masks.png
     tcjepa-data text-cache --data data/scenes ...
+    tcjepa-data captions --images data/scenes/images/train --model models/random-blip --out data/captioned
+    tcjepa-data caption-stats --data data/captioned
 
 User errors (bad data, bad config) print one line to stderr and exit with status 2.
 """
@@ -14,8 +16,17 @@ import argparse
 import sys
 import time
 
+from tcjepa.captioning.cli import add_parsers as add_captioning_parsers
 from tcjepa.config import ConfigError
 from tcjepa.data.errors import DataError
+
+
+def _cmd_transfer(args: argparse.Namespace) -> int:
+    from tcjepa.data.transfer_layouts import write_transfer_sets
+
+    for name, root in write_transfer_sets(args.out, args.train, args.val, args.seed, args.image_size).items():
+        print(f"{name}: {root}")
+    return 0
 
 
 def _cmd_scenes(args: argparse.Namespace) -> int:
@@ -112,6 +123,16 @@ def build_parser(with_text_cache: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_scenes)
 
+    p = sub.add_parser("transfer", help="generated scenes as CIFAR-100, iNat2018 and VOC 2012 trees",
+                       description="Write cifar-100-python/, inat2018/ and VOCdevkit/ under --out, in the official "
+                                   "layouts, for tcjepa-eval linear --dataset cifar100|inat18 and tcjepa-eval voc.")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--train", type=int, default=200, help="training images per set (default: %(default)s)")
+    p.add_argument("--val", type=int, default=100, help="validation images per set (default: %(default)s)")
+    p.add_argument("--image-size", type=int, default=64, help="iNat/VOC image side; CIFAR is 32 (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="generation seed (default: %(default)s)")
+    p.set_defaults(func=_cmd_transfer)
+
     p = sub.add_parser("to-wds", help="image folder + captions.jsonl -> WebDataset tar shards",
                        description="Pack KEY.jpg + KEY.json ({\"captions\": [...]}) samples into uncompressed tar "
                                    "shards, in captions.jsonl order (caption ids stay the same).")
@@ -147,6 +168,7 @@ def build_parser(with_text_cache: bool = True) -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_masks)
 
     _add_text_cache(sub, load=with_text_cache)
+    add_captioning_parsers(sub)
     return parser
 
 

@@ -85,6 +85,10 @@ class XAttnBlock(PredictorBlock):
         BM, T, D = x.shape
         B = BM // num_blocks
         h = self.norm_x(x).reshape(B, num_blocks * T, D)
+        if self.pool_point == "xattn" and self.pool.kind == "max" and not return_attention:
+            pooled, cosines = self.xattn.max_over_captions(h, text.features, text.word_mask)
+            x = x + pooled.reshape(BM, T, D)
+            return x + self.mlp(self.norm2(x)), cosines, None
         a, probs, cosines = self.xattn(h, text.features, text.word_mask, return_attention, return_cosines=True)
         if self.pool_point == "xattn":
             # Pooling over captions first keeps a in its (B, N, M*T, D) layout: no transpose copy.

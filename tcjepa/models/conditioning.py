@@ -13,6 +13,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..kernels.text_xattn import text_cross_attention
 from .losses import word_cosines
 
 
@@ -53,6 +54,8 @@ class TextCrossAttention(nn.Module):
     docs/PERFORMANCE.md), whose backward is tuned for long key sequences.
     """
 
+    text_attention_impl = "auto"  # of max_over_captions: auto | fused | eager (kernels.set_text_attention_impl)
+
     def __init__(self, dim: int, text_dim: int, scale: bool = True, grounding_keys: str = "raw"):
         super().__init__()
         if grounding_keys not in ("raw", "centered"):
@@ -85,6 +88,15 @@ class TextCrossAttention(nn.Module):
             keys = k.view(B, N, S, D)
             cosines = word_cosines(q, centered_keys(keys, word_mask) if self.center_keys else keys, word_mask)
         return out, probs.transpose(2, 3) if return_attention else None, cosines
+
+    def max_over_captions(self, h: torch.Tensor, text: torch.Tensor, word_mask: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """forward()'s outputs max-pooled over captions (B, Q, D), and its cosines; with the
+        fused kernel the per-caption outputs are never materialised (tcjepa.kernels.text_xattn)."""
+        k = self.k(text)
+        return text_cross_attention(
+            self.q(h), k, self.proj(self.v(text)), word_mask, self.scale,
+            cosine_keys=centered_keys(k, word_mask) if self.center_keys else None, impl=self.text_attention_impl)
 
 
 class CaptionPool(nn.Module):

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..config import Config
 from ..data.batch import JEPABatch
+from ..kernels.text_xattn import set_text_attention_impl
 from .losses import jepa_objective
 from .predictor import Predictor, PredictorOutput
 from .vit import build_encoder, gather_tokens
@@ -61,6 +62,7 @@ class JEPA(nn.Module):
             xattn_scale=m.xattn_scale,
             grounding_keys=m.grounding_keys,
         )
+        set_text_attention_impl(self.predictor, m.text_attention_impl)
         self.text_enabled = cfg.text.enabled
 
     @property

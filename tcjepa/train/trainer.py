@@ -22,6 +22,7 @@ from ..errors import TrainingError
 from ..models.jepa import JEPA
 from .checkpoint import Checkpointer
 from .checkpoint_parts import Keyed, ModelWeights, OptimizerState, RNGStates
+from .compile import compile_for_training, drop_compiled_regions
 from .distributed import DistInfo, all_reduce_mean, init_distributed, wrap_model
 from .optim import Schedules, build_optimizer, build_param_groups
 
@@ -69,7 +70,9 @@ class Trainer:
     def __post_init__(self) -> None:
         self.use_bf16 = self.cfg.train.precision == "bf16" and (
             self.device.type == "cuda" or (self.bf16_on_cpu and self.device.type == "cpu"))
-        self.forward_module = torch.compile(self.wrapped) if self.cfg.train.compile else self.wrapped
+        self.compiled = self.cfg.train.compile
+        self.forward_module = (compile_for_training(self.wrapped, self.cfg.train.compile_scope)
+                               if self.compiled else self.wrapped)
 
     def prepare(self, batch: JEPABatch) -> JEPABatch:
         """A loader batch on the training device, with its word features."""
@@ -121,12 +124,13 @@ class Trainer:
         try:
             return self.forward_module(batch)
         except Exception as e:
-            if self.forward_module is self.wrapped:
+            if not self.compiled:
                 raise
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             self.compile_error = f"{type(e).__name__}: {first[:300]}"
             log.warning("torch.compile failed at step %d (%s); continuing in eager mode", self.step, self.compile_error)
-            self.forward_module = self.wrapped
+            drop_compiled_regions(self.wrapped)  # regional compilation compiled the blocks in place
+            self.forward_module, self.compiled = self.wrapped, False
             return self.wrapped(batch)
 
     # The trainer's own checkpoint keys: where the run stands.

@@ -40,6 +40,9 @@ class TinyViTBackbone(Backbone):
         )
         self.freeze()
 
+    def protocol_info(self) -> dict:
+        return {**super().protocol_info(), "depth": len(self.vit.blocks)}
+
     def forward_intermediates(self, x: torch.Tensor, n: int = 1) -> list[torch.Tensor]:
         maps = self.vit.forward_intermediates(x, indices=n, norm=True, output_fmt="NCHW", intermediates_only=True)
         return [m.permute(0, 2, 3, 1) for m in maps]

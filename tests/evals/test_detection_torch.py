@@ -79,3 +79,43 @@ def test_torchvision_mask_rcnn_trains_and_reports_coco_ap(coco_tree, tiny_backbo
     assert result["bbox_APm"] is None and result["segm_APl"] is None
     p = result["protocol"]
     assert p["engine"] == "torchvision" and p["epochs"] == 12 and p["iters"] == 3 and p["num_classes"] == 3
+
+
+@pytest.mark.slow
+def test_torchvision_training_resumes_after_a_crash_to_the_uninterrupted_weights(coco_tree, tiny_backbone, tmp_path):
+    from evals.detection.torchvision_engine import DetectionSettings, build_mask_rcnn, train_mask_rcnn
+    from tcjepa.train.checkpoint import load_checkpoint
+
+    train_set = COCOInstances(coco_tree, "train", skip_empty=True)
+
+    def trained(work_dir, resume=False, crash_after=None):
+        torch.manual_seed(0)
+        settings = DetectionSettings(max_iters=3, batch_size=1, min_size=64, max_size=64, pyramid_channels=16,
+                                     rois_per_image=16, warmup_iters=1, work_dir=str(work_dir), checkpoint_every=1,
+                                     resume=resume)
+        model = build_mask_rcnn(tiny_backbone, train_set.num_classes, settings)
+        if crash_after is not None:  # the process dies while loading the batch of step crash_after + 1
+            calls, read = [0], train_set.__class__.__getitem__
+
+            def dies(self, i):
+                calls[0] += 1
+                if calls[0] > crash_after:
+                    raise KeyboardInterrupt("killed")
+                return read(self, i)
+
+            train_set.__class__.__getitem__ = dies
+        try:
+            train_mask_rcnn(model, train_set, settings)
+        finally:
+            train_set.__class__.__getitem__ = read if crash_after is not None else train_set.__class__.__getitem__
+        return {k: v for k, v in model.state_dict().items() if not k.startswith("backbone.backbone.")}
+
+    whole = trained(tmp_path / "whole")
+    with pytest.raises(KeyboardInterrupt):
+        trained(tmp_path / "crashed", crash_after=2)
+    saved = load_checkpoint(tmp_path / "crashed" / "head_last.pt")
+    assert saved["step"] == 2 and not any(k.startswith("backbone.backbone.") for k in saved["head"])
+    resumed = trained(tmp_path / "crashed", resume=True)
+    assert load_checkpoint(tmp_path / "crashed" / "head_last.pt")["step"] == 3
+    for name, value in whole.items():
+        assert torch.equal(value, resumed[name]), name

@@ -1,0 +1,97 @@
+"""One conditioned layer's text cross-attention + grounding cosines, fused kernel vs eager.
+
+At ViT-L/16's per-image predictor shapes (Q = 440 tokens, N = 8 captions, S = 64 words,
+D = 384, bf16), forward + backward of ``text_cross_attention``: the difference between the
+two paths (outputs, cosines, gradients of q, k, v and the cosine keys; relative norm), the
+time per call and its peak memory above what was allocated before it. The fused path needs
+CUDA (or TRITON_INTERPRET=1 on CPU, tiny shapes only).
+
+  python -m benchmarks.text_xattn --device cuda --out results/bench/
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+import torch
+
+from tcjepa.kernels.text_xattn import text_cross_attention
+
+from .common import format_table, metadata, write_results
+
+
+def inputs(B, Q, N, S, D, device, dtype, seed=0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    q, k, v = (torch.randn(*s, generator=g).to(device, dtype) for s in ((B, Q, D), (B, N, S, D), (B, N, S, D)))
+    lengths = torch.randint(max(1, S // 4), S + 1, (B, N, 1), generator=g)
+    return q, k, v, (torch.arange(S) < lengths).to(device)
+
+
+def run(impl, q, k, v, mask, centered: bool, w_out, w_cos):
+    q, k, v = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
+    ck = (k - k.mean(2, keepdim=True)) if centered else None
+    out, cos = text_cross_attention(q, k, v, mask, q.shape[-1] ** -0.5, cosine_keys=ck, impl=impl)
+    ((out.float() * w_out).sum() + (cos.float() * w_cos).sum()).backward()
+    return [t.detach().float() for t in (out, cos, q.grad, k.grad, v.grad)]
+
+
+def timed(fn, device, reps: int) -> tuple[float, float]:
+    """Median ms per call and the peak memory above the start (GiB) on CUDA."""
+    fn()
+    times = []
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**30 if device.type == "cuda" else None
+    return 1e3 * sorted(times)[len(times) // 2], peak
+
+
+def main(argv=None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--shape", default="32,440,8,64,384", help="B,Q,N,S,D")
+    p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
+    p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--impls", default="fused,eager")
+    p.add_argument("--out", default="results/bench")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    B, Q, N, S, D = (int(x) for x in args.shape.split(","))
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    q, k, v, mask = inputs(B, Q, N, S, D, device, dtype)
+    g = torch.Generator(device="cpu").manual_seed(1)
+    w_out, w_cos = torch.randn(B, Q, D, generator=g).to(device), torch.rand(B, N, Q, S, generator=g).to(device)
+    impls = args.impls.split(",")
+    rows = []
+    for centered in (False, True):
+        results = {impl: run(impl, q, k, v, mask, centered, w_out, w_cos) for impl in impls}
+        for impl in impls:
+            ms, peak = timed(lambda: run(impl, q, k, v, mask, centered, w_out, w_cos), device, args.reps)
+            row = {"impl": impl, "keys": "centered" if centered else "raw", "shape": args.shape,
+                   "dtype": args.dtype, "ms_fwd_bwd": ms, "peak_gib": peak}
+            if impl != "eager" and "eager" in results:
+                for name, a, b in zip(("out", "cosines", "dq", "dk", "dv"), results[impl], results["eager"]):
+                    row[f"rel_{name}"] = float((a - b).norm() / b.norm().clamp_min(1e-12))
+            rows.append(row)
+    meta = metadata(device, sys.argv if argv is None else ["benchmarks.text_xattn", *argv])
+    cols = [("impl", "impl", ""), ("keys", "keys", ""), ("ms_fwd_bwd", "ms fwd+bwd", ".2f"), ("peak_gib", "peak GiB", ".3f")]
+    cols += [(f"rel_{n}", f"rel {n}", ".1e") for n in ("out", "cosines", "dq", "dk", "dv")]
+    print(f"{meta['device']} | torch {meta['torch']} | B,Q,N,S,D = {args.shape} | {args.dtype}")
+    print(format_table(rows, cols))
+    if args.out:
+        j, c = write_results(args.out, f"text_xattn_{device.type}", meta, rows)
+        print(f"wrote {j} and {c}")
+    return {"meta": meta, "rows": rows}
+
+
+if __name__ == "__main__":
+    main()

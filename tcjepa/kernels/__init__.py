@@ -1,0 +1,1 @@
+"""Fused GPU kernels (Triton) with eager PyTorch references; see ``text_xattn``."""

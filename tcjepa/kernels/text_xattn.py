@@ -1,0 +1,186 @@
+"""Text cross-attention over N captions, max-pooled over captions, with the grounding cosines.
+
+    out[b, q]      = max_n  sum_s softmax_s(scale q_bq . k_bns | real words) v_bns
+    cosines[b,n,q,s] = max(cos(q_bq, c_bns), 0), zero on padding words
+
+with c the cosine keys (the raw keys k, or caption-centred ones). ``text_cross_attention``
+chooses the implementation (``model.text_attention_impl``):
+
+- ``eager``: PyTorch ops. The per-caption outputs (B, N, Q, D) are a tensor, kept for the
+  max's backward, and so are the logits and probabilities (B, N, S, Q).
+- ``fused``: one Triton kernel (``text_xattn_triton``) for forward and one for backward. The
+  max over captions runs in registers, so nothing of size (B, N, Q, D) is written; backward
+  keeps the winning caption per output element (int8), a log-normaliser per (image, caption,
+  token) and the cosine map, which it writes in the inputs' dtype (bf16 under autocast).
+- ``auto``: fused on CUDA when Triton is installed and the queries are bf16 / fp16 (autocast)
+  and at most 512 wide, eager elsewhere.
+
+The fused path runs on CPU tensors only under Triton's interpreter (``TRITON_INTERPRET=1``),
+which is how the tests check it against the eager path. Under ``torch.compile`` the fused
+call is left out of the graph (one graph break per conditioned layer): the kernel has not
+been run under inductor's wrapping of user kernels, and the projections around it still
+compile.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..models.losses import word_cosines
+
+IMPLS = ("auto", "fused", "eager")
+
+
+# Looked up once: resolve_impl runs inside compiled blocks, where dynamo reads a global but
+# would break the graph on an import-system call.
+TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+
+
+def triton_installed() -> bool:
+    return TRITON_INSTALLED
+
+
+FUSED_MAX_WIDTH = 512  # the forward holds (BLOCK_Q, D) accumulators: wider needs a D-chunked forward
+
+
+def resolve_impl(impl: str, device: torch.device, dtype: torch.dtype = torch.bfloat16, width: int = 384) -> str:
+    """'fused' or 'eager' for (width)-wide queries of ``dtype`` on ``device``. ``auto`` takes the
+    fused kernel where it is meant to run: CUDA, Triton installed, bf16 / fp16 (autocast's
+    dtypes: in float32 the forward's tiles exceed an H100's shared memory), D <= 512. A
+    requested fused path that cannot run is an error, not a silent fallback; on CPU it runs
+    only under Triton's interpreter (TRITON_INTERPRET=1, the tests)."""
+    if impl not in IMPLS:
+        raise ValueError(f"model.text_attention_impl must be one of {list(IMPLS)}, got {impl!r}")
+    if impl == "eager" or device.type == "meta":  # meta: FLOP counting, which sees the eager ops' matmuls
+        return "eager"
+    half = dtype in (torch.bfloat16, torch.float16)
+    on_gpu = device.type == "cuda" and triton_installed()
+    if impl == "auto":
+        return "fused" if on_gpu and half and width <= FUSED_MAX_WIDTH else "eager"
+    interpreted = device.type == "cpu" and triton_installed() and os.environ.get("TRITON_INTERPRET") == "1"
+    if not (on_gpu or interpreted):
+        raise ValueError(f"model.text_attention_impl=fused needs Triton and a CUDA device (or TRITON_INTERPRET=1 "
+                         f"for CPU tensors); tensors are on {device}"
+                         f"{'' if triton_installed() else ', Triton is not installed'}")
+    if on_gpu and not (half and width <= FUSED_MAX_WIDTH):
+        raise ValueError(f"model.text_attention_impl=fused on CUDA takes bf16 / fp16 queries (train.precision=bf16) "
+                         f"at most {FUSED_MAX_WIDTH} wide; got {dtype}, width {width}")
+    return "fused"
+
+
+def set_text_attention_impl(module: nn.Module, impl: str) -> None:
+    """Set the implementation of every text cross-attention layer inside ``module``."""
+    if impl not in IMPLS:
+        raise ValueError(f"model.text_attention_impl must be one of {list(IMPLS)}, got {impl!r}")
+    for m in module.modules():
+        if hasattr(m, "text_attention_impl"):
+            m.text_attention_impl = impl
+
+
+def eager_text_cross_attention(q, k, v, word_mask, scale: float, cosine_keys=None):
+    """The reference: q (B, Q, D), k, v (B, N, S, D), word_mask (B, N, S) -> out (B, Q, D),
+    cosines (B, N, Q, S). The same operations as ``TextCrossAttention.forward`` then ``max``."""
+    B, Q, D = q.shape
+    N, S = k.shape[1], k.shape[2]
+    dots = torch.bmm(k.reshape(B, N * S, D), q.transpose(1, 2)).view(B, N, S, Q)
+    probs = (dots * scale).masked_fill(~word_mask[..., None], float("-inf")).softmax(2)
+    out = (probs.transpose(2, 3) @ v).max(dim=1).values
+    return out, word_cosines(q, k if cosine_keys is None else cosine_keys, word_mask)
+
+
+def _blocks(Q: int, S: int, D: int) -> dict:
+    """Tile sizes: whole captions (S) and the whole width (D) per program, padded to powers of
+    two of at least 16 (tl.dot's minimum); fewer tokens per program as D grows, to bound the
+    (BLOCK_Q, BLOCK_D) float32 accumulators. Not tuned on a GPU yet."""
+    block_d = max(16, next_pow2(D))
+    block_q = 16 if block_d >= 512 else 32 if block_d >= 256 else 64
+    return dict(BLOCK_Q=min(block_q, max(16, next_pow2(Q))), BLOCK_S=max(16, next_pow2(S)),
+                BLOCK_D=block_d, num_warps=4 if block_q * block_d <= 8192 else 8)
+
+
+BACKWARD_D_CHUNK = 64  # the backward's D tiles (dK, dV accumulators: 64 words x 64 per program)
+
+
+def next_pow2(x: int) -> int:
+    return 1 << max(0, int(x) - 1).bit_length()
+
+
+class FusedTextCrossAttention(torch.autograd.Function):
+    """(q, k, v, cosine_keys or None, word_mask, scale) -> (out (B, Q, D), cosines (B, N, Q, S))."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, cosine_keys, word_mask, scale):
+        from .text_xattn_triton import compiled_kernels
+
+        B, Q, D = q.shape
+        N, S = k.shape[1], k.shape[2]
+        if N > 127:
+            raise ValueError(f"the fused text cross-attention keeps the winning caption as int8: N={N} > 127")
+        q = q.contiguous()
+        k, v = k.to(q.dtype).contiguous(), v.to(q.dtype).contiguous()
+        ck = None if cosine_keys is None else cosine_keys.to(q.dtype).contiguous()
+        mask = word_mask.to(torch.int8).contiguous()
+        out = torch.empty_like(q)
+        arg = torch.empty(B, Q, D, dtype=torch.int8, device=q.device)
+        cos = torch.empty(B, N, Q, S, dtype=q.dtype, device=q.device)
+        lse = torch.empty(B, N, Q, dtype=torch.float32, device=q.device)
+        blocks = _blocks(Q, S, D)
+        fwd, _, _ = compiled_kernels()
+        fwd[(B, -(-Q // blocks["BLOCK_Q"]))](
+            q, k, v, ck if ck is not None else k, mask, out, arg, cos, lse, N, Q, S, D, float(scale),
+            HAS_CK=ck is not None, PRECISION=_precision(q), **blocks)
+        ctx.set_materialize_grads(False)
+        ctx.scale = float(scale)
+        ctx.has_ck = ck is not None
+        ctx.save_for_backward(q, k, v, ck if ck is not None else k, mask, arg, cos, lse)
+        return out, cos
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout, dcos):
+        from .text_xattn_triton import compiled_kernels
+
+        q, k, v, ck, mask, arg, cos, lse = ctx.saved_tensors
+        B, Q, D = q.shape
+        N, S = k.shape[1], k.shape[2]
+        dout = torch.zeros_like(q) if dout is None else dout.to(q.dtype).contiguous()
+        has_dcos = dcos is not None
+        dcos = dcos.contiguous() if has_dcos else cos  # not read when has_dcos is False
+        dq = torch.zeros(B, Q, D, dtype=torch.float32, device=q.device)
+        dk = torch.empty(B, N, S, D, dtype=q.dtype, device=q.device)
+        dv = torch.empty_like(dk)
+        dck = torch.empty_like(dk) if ctx.has_ck and has_dcos else dk
+        blocks = {**_blocks(Q, S, D), "BLOCK_D": min(BACKWARD_D_CHUNK, max(16, next_pow2(D)))}
+        common = dict(HAS_CK=ctx.has_ck, HAS_DCOS=has_dcos, PRECISION=_precision(q), **blocks)
+        _, bwd_dq, bwd_dkv = compiled_kernels()
+        inputs = (q, k, v, ck, mask, arg, cos, lse, dout, dcos)
+        bwd_dq[(B, -(-Q // blocks["BLOCK_Q"]))](*inputs, dq, N, Q, S, D, ctx.scale, **common)
+        bwd_dkv[(N * -(-D // blocks["BLOCK_D"]), B)](*inputs, dk, dv, dck, N, Q, S, D, ctx.scale, **common)
+        return dq.to(q.dtype), dk, dv, dck if ctx.has_ck and has_dcos else None, None, None
+
+
+def _precision(q: torch.Tensor) -> str:
+    # float32 inputs: exact float32 products, as the eager path (tf32 would cost ~1e-3 relative)
+    return "ieee" if q.dtype == torch.float32 else "tf32"
+
+
+@torch.compiler.disable
+def _fused(q, k, v, word_mask, scale, cosine_keys):
+    return FusedTextCrossAttention.apply(q, k, v, cosine_keys, word_mask, scale)
+
+
+def text_cross_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, word_mask: torch.Tensor, scale: float,
+    cosine_keys: Optional[torch.Tensor] = None, impl: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """q (B, Q, D) queries, k, v (B, N, S, D) word keys and values, word_mask (B, N, S) True =
+    real word, cosine_keys (B, N, S, D) or None (= k) -> out (B, Q, D) max-pooled over the N
+    captions, cosines (B, N, Q, S)."""
+    if resolve_impl(impl, q.device, q.dtype, q.shape[-1]) == "fused":
+        return _fused(q, k, v, word_mask, scale, cosine_keys)
+    return eager_text_cross_attention(q, k, v, word_mask, scale, cosine_keys)
+
