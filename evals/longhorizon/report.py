@@ -3,8 +3,8 @@
 Writes ``runs.csv`` (every evaluated checkpoint), ``summary.csv`` (mean, sample std and seed
 count per variant and budget), ``verdict.md`` / ``verdict.csv`` (the protocol's comparisons
 at every budget where both sides have the same seeds) and ``curves.png`` (probe and mIoU
-against steps, mean +- sample std per variant). The I-JEPA run's step-0 row is the
-untrained encoder.
+against steps, mean +- sample std per variant, and the caption gap of the text runs). The I-JEPA
+run's step-0 row is the untrained encoder.
 """
 from __future__ import annotations
 
@@ -123,25 +123,29 @@ def plot_curves(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, task in zip(axes, TASKS):
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4))
+    for ax, task in zip(axes, (*TASKS, "text_gap_relative")):
         per = values(rows, task)
-        for variant in [UNTRAINED, *VARIANTS]:
-            pts = sorted((step, list(v.values())) for (name, step), v in per.items() if name == variant)
+        for colour, variant in enumerate([UNTRAINED, *VARIANTS]):  # one colour per variant in every panel
+            pts = sorted((step, list(v.values())) for (name, step), v in per.items() if name == variant and step > 0)
             if not pts:
                 continue
             steps = [p[0] for p in pts]
             mean = [statistics.fmean(p[1]) for p in pts]
             sd = [_sd(p[1]) if len(p[1]) > 1 else 0.0 for p in pts]
-            line, = ax.plot(steps, mean, marker="o", label=f"{LABELS[variant]} (n={min(len(p[1]) for p in pts)})")
+            ax.plot(steps, mean, marker="o", color=f"C{colour}",
+                    label=f"{LABELS[variant]} (n={min(len(p[1]) for p in pts)})")
             ax.fill_between(steps, [m - s for m, s in zip(mean, sd)], [m + s for m, s in zip(mean, sd)],
-                            color=line.get_color(), alpha=0.15)
+                            color=f"C{colour}", alpha=0.15)
         ax.set_xscale("log")
         ax.set_xlabel("pretraining steps")
-        ax.set_ylabel({"probe_top1": "linear probe top-1 (%)", "seg_miou": "linear seg. mIoU (%)"}[task])
+        ax.set_ylabel({"probe_top1": "linear probe top-1 (%)", "seg_miou": "linear seg. mIoU (%)",
+                       "text_gap_relative": "caption gap / shuffled-caption loss"}[task])
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.suptitle("Long-horizon study: mean +- sample std over seeds (held-out scenes)")
+    budgets = sorted({r["budget"] for r in rows})
+    fig.suptitle(f"Long-horizon study, budget {', '.join(budgets)} steps: mean +- sample std over seeds "
+                 "(held-out scenes; n = fewest seeds along the curve)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

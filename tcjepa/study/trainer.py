@@ -9,6 +9,7 @@ and needs no sampler or RNG state.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
@@ -88,10 +89,21 @@ class StudyRun:
         return out
 
     def advance(self, until: int) -> Optional[dict[str, torch.Tensor]]:
+        """Train to step ``until``. The next step's scenes render in a second thread while this
+        step computes (the loop's DataLoader worker does the same for the demo): with one
+        intra-op thread each, the two use two cores, and scenes are a pure function of the step,
+        so the result does not depend on the overlap."""
         out = None
         self.model.train()
-        while self.step < until:
-            out = self.train_step(self.batch(self.scenes(self.step), self.step))
+        if self.step >= until:
+            return out
+        with ThreadPoolExecutor(1) as pool:
+            upcoming = pool.submit(self.scenes, self.step)
+            while self.step < until:
+                scenes = upcoming.result()
+                if self.step + 1 < until:
+                    upcoming = pool.submit(self.scenes, self.step + 1)
+                out = self.train_step(self.batch(scenes, self.step))
         return out
 
     @torch.no_grad()
