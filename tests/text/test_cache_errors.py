@@ -6,7 +6,8 @@ import pytest
 
 from tcjepa.cli.errors import run_cli
 from tcjepa.errors import UserError
-from tcjepa.text.cache import TextCacheError, TextFeatureCache, build_text_cache
+from tcjepa.text.cache import TextCacheError, TextFeatureCache
+from tcjepa.text.cache_build import build_text_cache
 
 CAPTIONS = ["a red cube left of a ball", "two green cones", "a blue sphere on a striped table"]
 
