@@ -9,7 +9,7 @@ pipeline (``CaptionedImageFolder`` + ``PretrainTransform`` + ``MultiBlockMaskCol
    rate a loader worker can sustain;
 2. ``DataLoader`` with W worker processes: images/s in all and per worker.
 
-Target (issue 7): >= 150 images/s per worker process (per core).
+Target: >= 150 images/s per worker process (per core).
 
   python -m benchmarks.loader --out results/bench/
   python -m benchmarks.loader --images 64 --workers 1 --out ''      # smoke test

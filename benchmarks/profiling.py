@@ -2,7 +2,7 @@
 
 On CUDA the device kernels are grouped by name (cuBLAS / CUTLASS GEMMs, flash / memory-efficient
 attention, fused AdamW and the foreach EMA, ...); on CPU the aten operators are, by self time.
-The summary table is what the issue's "profile attached as a summary table" asks for; the full
+The summary table is the profile in short (time per kernel category); the full
 top-kernel list goes to a text file beside it.
 """
 from __future__ import annotations

@@ -32,7 +32,6 @@ import gc
 import json
 import logging
 import math
-import os
 import resource
 import statistics
 import sys
@@ -51,6 +50,7 @@ from tcjepa.data.masks import MultiBlockMaskCollator
 from tcjepa.models import vit as vit_module
 from tcjepa.models.jepa import JEPA
 from tcjepa.models.vit import count_parameters
+from tcjepa.train.distributed import init_distributed
 from tcjepa.train.optim import Schedules
 from tcjepa.train.trainer import Trainer, build_model, wrap_and_optimize
 
@@ -60,7 +60,7 @@ from .profiling import profile_steps, write_profile
 log = logging.getLogger("benchmarks.train_step")
 
 # Paper scale: 224 px, predictor width 384 (depth 6 for B, 12 for L/H), S=64 words of a
-# 768-d text encoder (T5-base, as configs/pretrain). Batch = SPEC section 9's reference runs.
+# 768-d text encoder (T5-base, as configs/pretrain). Batch = docs/SPEC.md section 9's reference runs.
 FULL_MODELS: dict[str, dict[str, Any]] = {
     "vit_base": dict(patch_size=16, image_size=224, predictor_depth=6, predictor_width=384, batch=128),
     "vit_large": dict(patch_size=16, image_size=224, predictor_depth=12, predictor_width=384, batch=128),
@@ -195,18 +195,6 @@ class Harness:
         return self.trainer.train_step([batch], check_finite=self.loop_syncs).metrics["loss"]
 
 
-def ensure_process_group(device: torch.device) -> None:
-    """A process group for FSDP2: torchrun's, or a group of one made here (nccl / gloo)."""
-    if dist.is_initialized():
-        return
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29517")
-    if device.type == "cuda":
-        torch.cuda.set_device(device.index if device.index is not None else int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                            rank=int(os.environ.get("RANK", "0")), world_size=int(os.environ.get("WORLD_SIZE", "1")))
-
-
 def build_harness(cfg: Config, device: torch.device, compile_model: bool, seed: int, fsdp: bool = False,
                   loop_syncs: bool = False, bf16_on_cpu: bool = False, compile_scope: str = "blocks") -> Harness:
     """The loop's model, wrapping, optimizer and step (``train.seed``, ``train.compile`` and
@@ -215,8 +203,8 @@ def build_harness(cfg: Config, device: torch.device, compile_model: bool, seed: 
     cfg = copy.deepcopy(cfg)
     cfg.train.seed, cfg.train.compile, cfg.train.distributed = seed, compile_model, "fsdp" if fsdp else "none"
     cfg.train.compile_scope = compile_scope
-    if fsdp:  # a process group of one: FSDP2's hooks and collectives all run
-        ensure_process_group(device)
+    if fsdp:  # torchrun's process group, or one of one: FSDP2's hooks and collectives all run
+        init_distributed(str(device), group_of_one=True)
     model = build_model(cfg, device)
     model.train()
     wrapped, optimizer = wrap_and_optimize(model, cfg, device)

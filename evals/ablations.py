@@ -1,7 +1,7 @@
 """Ablations of TC-JEPA on the embedded scenes: same data, budget and seeds as the demo.
 
 Each variant is the CPU TC-JEPA config plus a few overrides (the paper's ablation directions,
-SPEC.md section 8); I-JEPA and TC-JEPA on captions shuffled across images are the two
+docs/SPEC.md section 8); I-JEPA and TC-JEPA on captions shuffled across images are the two
 references. Every encoder gets the demo's linear probe and linear segmentation; the study
 writes ``ablations.csv`` (mean, std, n per variant), ``per_seed.csv``, ``verdict.csv`` (each
 variant against TC-JEPA, paired by seed), ``ablations.png`` and ``monitors.csv`` (how each
@@ -311,7 +311,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--data", type=Path, default=REPO / "data/scenes", help="scenes folder (default: data/scenes)")
     p.add_argument("--work", type=Path, default=REPO / "runs/demo",
                    help="runs folder, shared with the demo to reuse its encoders (default: runs/demo)")
-    p.add_argument("--out", type=Path, default=REPO / "results/ablations", help="default: results/ablations")
+    p.add_argument("--out", type=Path, default=REPO / "results/studies/ablations", help="default: results/studies/ablations")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for every variant, e.g. --set optim.ema=[0.996,1.0] (the published "
                         "study's EMA; repeatable)")

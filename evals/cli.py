@@ -1,16 +1,19 @@
 """``tcjepa-eval``: frozen-backbone evaluations and the paper tables.
 
     tcjepa-eval backbones
-    tcjepa-eval linear --ckpt runs/x/last.pt --data DIR/imagenet --out results/runs
-    tcjepa-eval linear --backbone dinov2 --weights facebook/dinov2-base --data ... --protocol logreg
-    tcjepa-eval ade20k --backbone ijepa --weights IN1K-vit.h.14-300e.pth.tar ...
-    tcjepa-eval coco --ckpt export_dir ...
-    tcjepa-eval linear --dataset cifar100 --data DIR ...      (also inat18; voc, ade20k-ft as commands)
-    torchrun --nproc_per_node 8 -m evals.cli linear ...       (any command, sharded over 8 GPUs)
+    tcjepa-eval linear --ckpt runs/x --data DIR/imagenet --out results/runs
+    tcjepa-eval linear --backbone dinov2 --weights facebook/dinov2-base --data DIR/imagenet --features all
+    tcjepa-eval linear --config configs/eval/linear_in1k.yaml --ckpt runs/x --data DIR/imagenet epochs=20
+    tcjepa-eval knn --ckpt runs/x --data DIR/imagenet --out results/runs
+    tcjepa-eval attentive --ckpt runs/x --data DIR/imagenet --out results/runs
+    tcjepa-eval ade20k --backbone ijepa --weights IN1K-vit.h.14-300e.pth.tar --data DIR/ADEChallengeData2016
+    tcjepa-eval coco --ckpt export_dir --data DIR/coco
+    tcjepa-eval linear --dataset cifar100 --data DIR/cifar --ckpt runs/x    # also inat18; voc, ade20k-ft commands
+    torchrun --nproc_per_node 8 -m evals.cli linear --ckpt runs/x --data DIR/imagenet  # any command, 8 GPUs
     tcjepa-eval tables --out results/ --runs results/runs
 
-User errors (bad path, unknown backbone, mismatched checkpoint, wrong dataset layout)
-print one line on stderr and exit with code 2.
+User errors (bad path, unknown backbone, mismatched checkpoint, wrong dataset layout, bad
+config) print one line on stderr and exit with code 2.
 """
 from __future__ import annotations
 
@@ -19,8 +22,14 @@ import importlib
 import sys
 from typing import Optional, Sequence
 
-from evals.backbones import BackboneSpec, UserError, available_backbones, build_backbone, describe_backbones
+from tcjepa.cli.help import document_defaults
+from tcjepa.errors import UserError as ProjectUserError
+
+from evals.backbones import UserError, describe_backbones
+from evals.command_helpers import add_backbone_arguments, backbone_from_args, backbone_info, method_name, write_record
 from evals.distributed import init_from_env
+from evals.eval_config import add_config_arguments, apply_config
+from evals import probe_commands
 
 DENSE_PROTOCOLS = {
     "ade20k": ("evals.segmentation.protocol", "ADE20k linear segmentation (mIoU / aAcc)", "ade20k_linear",
@@ -30,110 +39,28 @@ DENSE_PROTOCOLS = {
     "voc": ("evals.segmentation.voc_protocol", "Pascal VOC 2012 linear segmentation (mIoU / aAcc)", "voc_linear",
             ("mIoU", "aAcc")),
     "coco": ("evals.detection.protocol", "COCO detection with a simple feature pyramid (box / mask AP)", "coco_det",
-             ("box_AP", "bbox_AP", "bbox_mAP", "mask_AP")),
+             ("bbox_AP", "box_AP", "bbox_mAP", "segm_AP")),
 }
-METHOD_NAMES = {"tcjepa": "TC-JEPA", "ijepa": "I-JEPA", "dinov2": "DINOv2", "siglip2": "SigLIP2"}
-
-
-def add_backbone_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("backbone")
-    g.add_argument("--ckpt", metavar="PATH",
-                   help="this project's training checkpoint or export folder (= --backbone tcjepa --weights PATH)")
-    g.add_argument("--backbone", metavar="NAME", help=f"registered backbone: {', '.join(available_backbones())}")
-    g.add_argument("--weights", metavar="PATH",
-                   help="weights file/folder, or a hub id already in the local HF cache (never downloaded)")
-    g.add_argument("--ckpt-key", metavar="KEY",
-                   help="which encoder of a training checkpoint: target_encoder (default) or encoder")
-    g.add_argument("--arch", metavar="NAME",
-                   help="architecture when the weights do not say (I-JEPA: vit_huge; timm file: its model name)")
-    g.add_argument("--image-size", type=int, metavar="PX", help="evaluation resolution (default: the backbone's)")
-    g.add_argument("--max-num-patches", type=int, metavar="N", help="SigLIP2 NaFlex: pad sequences to N tokens")
-    g.add_argument("--device", default="cuda" if _cuda() else "cpu", help="torch device (default: %(default)s)")
-    g.add_argument("--method", help="method name recorded in results (default: from the backbone)")
-    g.add_argument("--pretraining-data", default="unknown", help="pretraining data recorded in results")
-    g.add_argument("--out", metavar="DIR", help="write the metrics JSON of the run here")
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def backbone_from_args(args: argparse.Namespace):
-    if args.ckpt and (args.backbone not in (None, "tcjepa") or args.weights):
-        raise UserError("--ckpt PATH is shorthand for --backbone tcjepa --weights PATH; give one or the other")
-    name = "tcjepa" if args.ckpt else args.backbone
-    if not name:
-        raise UserError("no backbone: pass --ckpt PATH, or --backbone NAME --weights PATH")
-    options = {"ckpt_key": args.ckpt_key, "arch": args.arch, "image_size": args.image_size,
-               "max_num_patches": args.max_num_patches}
-    spec = BackboneSpec(name, args.ckpt or args.weights, {k: v for k, v in options.items() if v is not None})
-    backbone = build_backbone(spec).to(args.device)
-    return spec, backbone
-
-
-def backbone_info(spec: BackboneSpec, backbone) -> dict:
-    return {"name": spec.name, **backbone.protocol_info()}
-
-
-def method_name(args, spec: BackboneSpec) -> str:
-    return args.method or METHOD_NAMES.get(spec.name, spec.name)
-
-
-def write_record(args, record_kwargs: dict) -> None:
-    from evals.results import run_record, write_run
-
-    record = run_record(**record_kwargs)
-    line = f"{record['task']}: {record['metric']} = {record['value']:.2f}"
-    if args.out:
-        line += f"  -> {write_run(record, args.out)}"
-    print(line)
-
-
-# ----------------------------------------------------------------------------- subcommands
+PROBES = {
+    "linear": (probe_commands.add_linear_arguments, probe_commands.cmd_linear,
+               "ImageNet-layout linear probe (grid of heads in one pass, or logreg)",
+               "Extract frozen features once (cached), then train linear heads over a grid of lrs x feature "
+               "protocols (the backbone's own by default; last 1 / last 4 blocks) in one pass, and/or "
+               "scikit-learn logistic regression; report top-1/top-5 on val."),
+    "knn": (probe_commands.add_knn_arguments, probe_commands.cmd_knn,
+            "weighted k-NN on cached features (cosine, k in {10, 20}, DINO's vote weights)",
+            "Classify val images by their k nearest train images in cosine similarity, votes weighted "
+            "exp(similarity / T) as in DINO's evaluation; report top-1/top-5 on val."),
+    "attentive": (probe_commands.add_attentive_arguments, probe_commands.cmd_attentive,
+                  "attentive probe: a learned query cross-attends to the frozen patch tokens",
+                  "Cache the last block's patch tokens once, then train one cross-attention block with a "
+                  "learned query and a linear classifier per lr of the grid, in one pass; report top-1/top-5."),
+}
 
 
 def cmd_backbones(args) -> int:
     for name, doc in describe_backbones().items():
         print(f"{name:10s} {doc}")
-    return 0
-
-
-def cmd_linear(args) -> int:
-    from evals.datasets.classification import classification_splits
-    from evals.datasets.imagenet import eval_transform
-    from evals.features import extract_features
-    from evals.linear import linear_probe, logreg_probe
-
-    world, args.device = init_from_env(args.device)  # under torchrun: every rank extracts its share
-    spec, backbone = backbone_from_args(args)
-    transform = eval_transform(backbone.image_size, backbone.mean, backbone.std, args.crop_fraction)
-    train, val, task_prefix = classification_splits(args.dataset, args.data, transform)
-    cache = args.cache_dir or f"{args.data}/.feature_cache"
-    common = dict(batch_size=args.batch_size, num_workers=args.workers, device=args.device)
-    f_train = extract_features(backbone, train, cache, desc="train", **common)
-    f_val = extract_features(backbone, val, cache, desc="val", **common)
-    if not world.is_main:  # the probes are cheap: rank 0 trains them from the shared cache
-        return 0
-    info = backbone_info(spec, backbone)
-    data = {"data": str(args.data), "num_classes": len(train.classes), "crop_fraction": args.crop_fraction,
-            "feature_cache": {"train": f_train.meta["key"], "val": f_val.meta["key"]},
-            "extraction_batch_size": args.batch_size}
-    results = []
-    if args.protocol in ("linear", "both"):
-        results.append((f"{task_prefix}_linear", linear_probe(
-            f_train, f_val, lrs=args.lrs, epochs=args.epochs, batch_size=args.probe_batch_size,
-            optimizer=args.optimizer, weight_decay=args.weight_decay, selection=args.selection,
-            holdout_fraction=args.holdout_fraction, seed=args.seed, device=args.device)))
-    if args.protocol in ("logreg", "both"):
-        results.append((f"{task_prefix}_logreg", logreg_probe(
-            f_train, f_val, selection=args.selection, holdout_fraction=args.holdout_fraction, seed=args.seed)))
-    for task, r in results:
-        protocol = {k: r[k] for k in ("protocol", "selected", "selected_on", "settings", "grid")} | data
-        write_record(args, dict(method=method_name(args, spec), backbone_info=info,
-                                pretraining_data=args.pretraining_data, task=task,
-                                metrics={"top1": r["top1"], "top5": r["top5"]}, metric="top1", protocol=protocol))
     return 0
 
 
@@ -193,49 +120,51 @@ def cmd_tables(args) -> int:
 # ----------------------------------------------------------------------------- parser
 
 
-def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+def relax_required(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    """Required options may come from --config: argparse stops requiring them, we check after."""
+    required = [a for a in parser._actions if a.required and a.option_strings]
+    for action in required:
+        action.required = False
+        action.help = f"{action.help} (required, here or in --config)"
+    return required
+
+
+def check_required(args: argparse.Namespace, required: Sequence[argparse.Action]) -> None:
+    missing = [a.option_strings[0] for a in required if getattr(args, a.dest, None) is None]
+    if missing:
+        raise UserError(f"`tcjepa-eval {args.command}` needs {', '.join(missing)} (on the command line or in --config)")
+
+
+def build_parser(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The parser and its subcommand parsers (a dense protocol's options are added only when
+    it is the one chosen, so ``linear`` works without the segmentation/detection stack)."""
     parser = argparse.ArgumentParser(
-        prog="tcjepa-eval", description="Frozen-backbone evaluations (linear probe, ADE20k, COCO) and paper tables.",
+        prog="tcjepa-eval", description="Frozen-backbone evaluations (linear, k-NN and attentive probes, ADE20k, "
+                                        "COCO) and paper tables.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n")[1],
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    subparsers = {}
 
     p = sub.add_parser("backbones", help="list registered backbones")
     p.set_defaults(func=cmd_backbones)
 
-    p = sub.add_parser("linear", help="ImageNet-layout linear probe (grid of heads in one pass, or logreg)",
-                       description="Extract frozen features once (cached), then train linear heads over a grid of "
-                                   "lrs x {last-layer, last-4-layers} average-pooled patch tokens, and/or "
-                                   "scikit-learn logistic regression; report top-1/top-5 on val.")
-    add_backbone_arguments(p)
-    g = p.add_argument_group("linear probe")
-    g.add_argument("--data", required=True, metavar="DIR", help="root with train/<class>/*.JPEG and val/<class>/*.JPEG")
-    g.add_argument("--dataset", choices=("imagenet", "cifar100", "inat18"), default="imagenet",
-                   help="layout of --data: ImageNet folders, cifar-100-python, or iNat2018 JSON (default: imagenet)")
-    g.add_argument("--protocol", choices=("linear", "logreg", "both"), default="linear")
-    g.add_argument("--lrs", type=float, nargs="+", help="lr grid (default: 0.001..1 for sgd, 1e-4..1e-2 for adamw)")
-    g.add_argument("--epochs", type=int, default=10)
-    g.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
-    g.add_argument("--weight-decay", type=float, default=0.0)
-    g.add_argument("--probe-batch-size", type=int, default=256, help="batch size of the linear heads")
-    g.add_argument("--selection", choices=("holdout", "val"), default="holdout",
-                   help="choose the best head on a held-out part of train (default) or on val (recorded)")
-    g.add_argument("--holdout-fraction", type=float, default=0.1)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--batch-size", type=int, default=64, help="feature-extraction batch size")
-    g.add_argument("--workers", type=int, default=4, help="data-loading workers for extraction")
-    g.add_argument("--crop-fraction", type=float, default=0.875, help="center crop = image size / resize")
-    g.add_argument("--cache-dir", metavar="DIR", help="feature cache (default: DATA/.feature_cache)")
-    p.set_defaults(func=cmd_linear)
+    for name, (add_arguments, func, help_text, description) in PROBES.items():
+        p = subparsers[name] = sub.add_parser(name, help=help_text, description=description)
+        add_backbone_arguments(p)
+        add_arguments(p)
+        add_config_arguments(p)
+        p.set_defaults(func=func)
 
     chosen = next((a for a in argv if not a.startswith("-")), None)
     for name, (module_name, help_text, _, _) in DENSE_PROTOCOLS.items():
         # 'resolve': the protocol may define --device / --out itself; one flag, one meaning.
-        p = sub.add_parser(name, help=help_text, conflict_handler="resolve",
-                           description=f"{help_text}; protocol options come from {module_name}.")
+        p = subparsers[name] = sub.add_parser(name, help=help_text, conflict_handler="resolve",
+                                              description=f"{help_text}; protocol options come from {module_name}.")
         add_backbone_arguments(p)
         if chosen == name:  # import the protocol only when it runs: `linear` works without it
             load_protocol(module_name).add_arguments(p)
+        add_config_arguments(p)
         p.set_defaults(func=make_dense_command(name))
 
     p = sub.add_parser("tables", help="regenerate the paper's Tables 1-5 (reported + measured) as CSV + markdown")
@@ -243,16 +172,37 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     p.add_argument("--runs", metavar="DIR", help="folder of run JSONs (searched recursively) to merge as measured")
     p.add_argument("--reported", metavar="CSV", help="reported numbers (default: results/paper/reported.csv)")
     p.set_defaults(func=cmd_tables)
-    return parser
+    return document_defaults(parser), subparsers
+
+
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    parser, subparsers = build_parser(argv)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    required = relax_required(subparsers[chosen]) if chosen in subparsers else []
+    args = parser.parse_args(argv)
+    if args.command in subparsers:
+        args = apply_config(parser, subparsers[args.command], argv, args)
+        check_required(args, required)
+    return args
+
+
+def one_line(error: Exception) -> str:
+    """The message of a user error on one line. Errors raised in a DataLoader worker come back
+    wrapped with the worker's traceback; only the original message is the user's business."""
+    text = str(error)
+    if "Original Traceback" in text:
+        last = text.strip().splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return " ".join(text.split())
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = build_parser(argv).parse_args(argv)
+        args = parse(argv)
         return args.func(args)
-    except UserError as e:
-        print(f"tcjepa-eval: error: {' '.join(str(e).split())}", file=sys.stderr)
+    except (UserError, ProjectUserError) as e:  # the evals' and the training side's (ConfigError, ...)
+        print(f"tcjepa-eval: error: {one_line(e)}", file=sys.stderr)
         return 2
     except FileNotFoundError as e:
         print(f"tcjepa-eval: error: {e.filename or e}: no such file or folder", file=sys.stderr)

@@ -25,15 +25,16 @@ from typing import Optional
 
 import numpy as np
 
-from evals.demo_report import SHUFFLED, UNTRAINED, summarize
+from evals.demo_report import SHUFFLED, UNTRAINED, draw_pictures, summarize
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {
     "I-JEPA": REPO / "configs/cpu/scenes_ijepa.yaml",
     "TC-JEPA": REPO / "configs/cpu/scenes_tcjepa.yaml",
 }
-TASKS = ("linear", "ade20k", "coco")
-TASK_RECORDS = {"linear": "in1k_linear", "ade20k": "ade20k_linear", "coco": "coco_det"}  # CLI name -> record task
+TASKS = ("linear", "ade20k", "coco", "knn", "attentive")  # the default runs the first three
+TASK_RECORDS = {"linear": "in1k_linear", "ade20k": "ade20k_linear", "coco": "coco_det", "knn": "in1k_knn",
+                "attentive": "in1k_attentive"}  # CLI name -> record task
 
 
 @dataclass
@@ -64,7 +65,7 @@ class DemoPlan:
     det_rois_per_image: int = 128
     det_detections_per_image: int = 20
     det_lr: float = 0.02
-    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    tasks: list[str] = field(default_factory=lambda: list(TASKS[:3]))
     seeds: list[int] = field(default_factory=lambda: [0])
     untrained: bool = True  # an untrained encoder of the same architecture, evaluated alike
     shuffled_control: bool = False  # TC-JEPA on captions shuffled across images (the gain must vanish)
@@ -118,7 +119,8 @@ def write_shuffled_captions(data: Path) -> str:
 
 def ensure_text_cache(data: Path, captions_file: str, cfg) -> Path:
     from tcjepa.data.captions import read_captions_jsonl
-    from tcjepa.text.cache import TextFeatureCache, build_text_cache
+    from tcjepa.text.cache import TextFeatureCache
+    from tcjepa.text.cache_build import build_text_cache
     from tcjepa.text.encoder import FrozenTextEncoder
 
     out = data / "text_cache" / Path(captions_file).stem
@@ -221,9 +223,10 @@ def evaluate(backbone_args: list[str], method: str, data: Path, runs: Path, plan
 
     common = [*backbone_args, "--method", method, "--pretraining-data", "synthetic scenes",
               "--device", "cpu", "--out", str(runs)]
+    probe = ["--data", str(data / "imagenet"), "--workers", "0", "--seed", str(seed), "--cache-dir", str(runs / "features")]
     tasks = {
-        "linear": ["--data", str(data / "imagenet"), "--epochs", str(plan.linear_epochs), "--workers", "0",
-                   "--seed", str(seed), "--cache-dir", str(runs / "features")],
+        "linear": [*probe, "--epochs", str(plan.linear_epochs)],
+        "knn": probe, "attentive": [*probe, "--epochs", str(plan.linear_epochs)],  # knn: linear's cached features
         "ade20k": ["--data", str(data / "ADEChallengeData2016"), "--engine", "torch",
                    "--iters", str(plan.seg_iters), "--warmup-iters", str(plan.seg_iters // 10), "--lr", str(plan.seg_lr),
                    "--crop-size", str(plan.image_size), "--batch-size", "16", "--seed", str(seed)],
@@ -246,34 +249,6 @@ def evaluate(backbone_args: list[str], method: str, data: Path, runs: Path, plan
 
 
 # ----------------------------------------------------------------------------- report
-
-
-def draw_pictures(run_dirs: dict[str, Path], tcjepa_cfg, tcjepa_ckpt: Path, out: Path, text_cache: Path) -> None:
-    import torch
-
-    from tcjepa.data.loader import build_pretrain_loader
-    from tcjepa.models.jepa import JEPA
-    from tcjepa.text.cache import TextFeatureCache
-    from tcjepa.text.encoder import FrozenTextEncoder
-    from tcjepa.train.checkpoint import load_checkpoint
-    from tcjepa.viz import plot_grounding_maps, plot_training_curves
-
-    plot_training_curves(run_dirs, out / "training_curves.png")
-    state = load_checkpoint(tcjepa_ckpt)
-    model = JEPA(tcjepa_cfg)
-    model.encoder.load_state_dict(state["encoder"])
-    model.target_encoder.load_state_dict(state["target_encoder"])
-    model.predictor.load_state_dict(state["predictor"])
-    cache = TextFeatureCache(text_cache)
-    loader, _, dataset = build_pretrain_loader(tcjepa_cfg, model.grid_size, text_lookup=cache.lookup, batch_size=8)
-    batch = loader.collate_fn([dataset[(i, 0)] for i in range(4)])
-    batch.text = batch.text.float()
-    tokenizer = FrozenTextEncoder(tcjepa_cfg.text.encoder, max_words=tcjepa_cfg.text.max_words).tokenizer
-    tokens = [tokenizer.convert_ids_to_tokens(tokenizer(c[0], truncation=True,
-                                                        max_length=tcjepa_cfg.text.max_words)["input_ids"])
-              for c in batch.captions]
-    with torch.no_grad():
-        plot_grounding_maps(model, batch, tokens, out / "grounding_maps.png")
 
 
 # ----------------------------------------------------------------------------- main
@@ -353,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also train TC-JEPA on captions shuffled across images (the control of the study)")
     p.add_argument("--seeds", type=int, nargs="+", help="pretraining seeds (default: 0)")
     p.add_argument("--steps", type=int, help="pretraining steps per encoder")
-    p.add_argument("--tasks", nargs="+", choices=TASKS, help="evaluations to run (default: all three)")
+    p.add_argument("--tasks", nargs="+", choices=TASKS, help="evaluations to run (default: linear ade20k coco)")
     p.add_argument("--data", type=Path, help="scenes folder (default: data/scenes or data/scenes-quick)")
     p.add_argument("--work", type=Path, help="runs folder (default: runs/demo or runs/demo-quick)")
     p.add_argument("--out", type=Path, help="results folder (default: results/demo or results/demo-quick)")

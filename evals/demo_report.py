@@ -1,6 +1,6 @@
-"""The demo's report: per-seed eval runs -> comparison CSV + markdown, with the seed-spread verdict.
+"""The demo's report: per-seed eval runs -> comparison CSV + markdown, with the seed-spread verdict, and its pictures.
 
-The question the demo asks (issue 6): is TC-JEPA ahead of I-JEPA by more than the spread over
+The question the demo asks: is TC-JEPA ahead of I-JEPA by more than the spread over
 pretraining seeds, and does the lead vanish when captions are shuffled across images? The
 verdict section answers it from the numbers, whichever way they fall.
 """
@@ -12,7 +12,8 @@ import pandas as pd
 
 SHUFFLED = "TC-JEPA (shuffled captions)"
 UNTRAINED = "untrained"
-KEPT = {("in1k_linear", "top1"), ("ade20k_linear", "mIoU"), ("ade20k_linear", "aAcc"),
+KEPT = {("in1k_linear", "top1"), ("in1k_knn", "top1"), ("in1k_attentive", "top1"), ("ade20k_linear", "mIoU"),
+        ("ade20k_linear", "aAcc"),
         ("coco_det", "bbox_AP"), ("coco_det", "bbox_AP50"), ("coco_det", "segm_AP")}
 # (method, baseline): each row of the verdict compares the first with the second.
 COMPARISONS = (("TC-JEPA", "I-JEPA"), (SHUFFLED, "I-JEPA"), ("TC-JEPA", SHUFFLED), ("I-JEPA", UNTRAINED),
@@ -132,3 +133,33 @@ def summarize(runs: Path, out: Path, command: str) -> Path:
                  "`paired_t` = their mean over its standard error.\n")
     (out / "comparison.md").write_text(text)
     return csv
+
+
+def draw_pictures(run_dirs: dict[str, Path], tcjepa_cfg, tcjepa_ckpt: Path, out: Path, text_cache: Path) -> None:
+    """The report's pictures: every run's training curves, and the patch-word grounding maps
+    of the TC-JEPA checkpoint on four training scenes."""
+    import torch
+
+    from tcjepa.data.loader import build_pretrain_loader
+    from tcjepa.models.jepa import JEPA
+    from tcjepa.text.cache import TextFeatureCache
+    from tcjepa.text.encoder import FrozenTextEncoder
+    from tcjepa.train.checkpoint import load_checkpoint
+    from tcjepa.viz import plot_grounding_maps, plot_training_curves
+
+    plot_training_curves(run_dirs, out / "training_curves.png")
+    state = load_checkpoint(tcjepa_ckpt)
+    model = JEPA(tcjepa_cfg)
+    model.encoder.load_state_dict(state["encoder"])
+    model.target_encoder.load_state_dict(state["target_encoder"])
+    model.predictor.load_state_dict(state["predictor"])
+    cache = TextFeatureCache(text_cache)
+    loader, _, dataset = build_pretrain_loader(tcjepa_cfg, model.grid_size, text_lookup=cache.lookup, batch_size=8)
+    batch = loader.collate_fn([dataset[(i, 0)] for i in range(4)])
+    batch.text = batch.text.float()
+    tokenizer = FrozenTextEncoder(tcjepa_cfg.text.encoder, max_words=tcjepa_cfg.text.max_words).tokenizer
+    tokens = [tokenizer.convert_ids_to_tokens(tokenizer(c[0], truncation=True,
+                                                        max_length=tcjepa_cfg.text.max_words)["input_ids"])
+              for c in batch.captions]
+    with torch.no_grad():
+        plot_grounding_maps(model, batch, tokens, out / "grounding_maps.png")

@@ -40,13 +40,12 @@ def init_from_env(device: str = "cpu") -> tuple[World, str]:
 
     ``device='cuda'`` becomes ``cuda:<LOCAL_RANK>``: each rank drives its own GPU.
     """
-    size = int(os.environ.get("WORLD_SIZE", "1"))
     on_cuda = torch.device(device).type == "cuda"
-    if size > 1 and not dist.is_initialized():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        if on_cuda:
-            torch.cuda.set_device(local)
-        dist.init_process_group("nccl" if on_cuda else "gloo")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # The project's one process-group entry (nccl on this rank's GPU, else gloo), as training's.
+        from tcjepa.train.distributed import init_distributed
+
+        init_distributed("cuda" if on_cuda else "cpu")
     world = current_world()
     if on_cuda and world.size > 1:
         device = f"cuda:{world.local_rank}"

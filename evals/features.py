@@ -1,8 +1,11 @@
 """Frozen features, extracted once into an on-disk cache, sharded over ranks, resumable.
 
 Per image: the average-pooled patch tokens of the last block (``last1``), the concat of
-the average-pooled patch tokens of the last four blocks (``last4``, oldest first) and
-the backbone's own global vector (``global``), stored as float16 (labels as int64) in the
+the average-pooled patch tokens of the last four blocks (``last4``, oldest first), the
+backbone's own global vector (``global``), the class tokens of the last four blocks
+(``cls4``, backbones with one) and, when asked for (attentive probe), the last block's
+patch tokens (``tokens``); ``evals.feature_protocols`` builds the probes' vectors from
+them. Stored as float16 (labels as int64) in the
 chunked cache of ``feature_cache.py``, keyed by a hash of the backbone's protocol info, the
 weights file's identity, the dataset's file list and the transform.
 
@@ -16,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
@@ -29,8 +32,9 @@ from evals.distributed import World, current_world, shard
 from evals.feature_cache import ArraySpec, FeatureCache, open_complete
 
 ARRAYS = ("last1", "last4", "global", "labels")
+OPTIONAL_ARRAYS = ("cls4", "tokens")
 NUM_LAST_LAYERS = 4
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 FEATURE_DTYPE = "float16"
 CHUNK_IMAGES = 1024  # rows per resumable unit (rounded up to whole batches)
 BLOCK_BYTES = 256 * 2**20  # what a probe holds in memory at a time, per split
@@ -43,12 +47,23 @@ class FeatureSet:
     global_: np.ndarray
     labels: np.ndarray
     meta: dict
+    extra: dict = field(default_factory=dict)  # cls4, tokens: present when extracted
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def get(self, name: str) -> np.ndarray:
-        return {"last1": self.last1, "last4": self.last4, "global": self.global_}[name]
+    def get(self, name: str):
+        """An array by name ('last1', 'last4', 'global', 'cls4', 'tokens'; None when not
+        extracted) or a feature set of ``evals.feature_protocols`` ('cls_patch_mean:last4',
+        a lazy row view)."""
+        arrays = {"last1": self.last1, "last4": self.last4, "global": self.global_}
+        if name in arrays:
+            return arrays[name]
+        if name in OPTIONAL_ARRAYS:
+            return self.extra.get(name)
+        from evals.feature_protocols import feature_array
+
+        return feature_array(self, name)
 
 
 def weights_identity(weights: Optional[str]) -> list:
@@ -80,21 +95,28 @@ def load_cached(folder: Path, key: Optional[str] = None, num_items: Optional[int
     """A complete cache as memory-mapped arrays (read-only; nothing is loaded until used)."""
     cache, meta = open_complete(Path(folder), key, num_items, verify)
     arrays = cache.open_arrays()
-    return FeatureSet(arrays["last1"], arrays["last4"], arrays["global"], arrays["labels"], meta)
+    extra = {name: arrays[name] for name in OPTIONAL_ARRAYS if name in arrays}
+    return FeatureSet(arrays["last1"], arrays["last4"], arrays["global"], arrays["labels"], meta, extra)
 
 
-def pooled_features(backbone: Backbone, images: torch.Tensor, use_amp: bool) -> dict[str, torch.Tensor]:
+def pooled_features(backbone: Backbone, images: torch.Tensor, use_amp: bool,
+                    keep_tokens: bool = False) -> dict[str, torch.Tensor]:
     """The cached arrays of one batch (float32 on the batch's device)."""
+    from evals.feature_protocols import pooled_arrays
+
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-        grids, global_vector = backbone.forward_with_global(images, NUM_LAST_LAYERS)
-    pooled = [g.float().mean(dim=(1, 2)) for g in grids]
-    return {"last1": pooled[-1], "last4": torch.cat(pooled, dim=-1), "global": global_vector.float()}
+        grids, global_vector, class_tokens = backbone.forward_features(images, NUM_LAST_LAYERS)
+    arrays = pooled_arrays(grids, global_vector, class_tokens)
+    if keep_tokens:
+        arrays["tokens"] = grids[-1].float().flatten(1, 2)
+    return arrays
 
 
-def _array_specs(backbone: Backbone, dataset, device: str, use_amp: bool) -> tuple[dict[str, ArraySpec], int]:
+def _array_specs(backbone: Backbone, dataset, device: str, use_amp: bool,
+                 keep_tokens: bool) -> tuple[dict[str, ArraySpec], int]:
     """Widths of every array, from one forward pass on the first image."""
     image, _ = dataset[0]
-    batch = pooled_features(backbone, image[None].to(device), use_amp)
+    batch = pooled_features(backbone, image[None].to(device), use_amp, keep_tokens)
     specs = {name: ArraySpec(FEATURE_DTYPE, tuple(t.shape[1:])) for name, t in batch.items()}
     specs["labels"] = ArraySpec("int64", ())
     return specs, specs["last4"].row_shape[0] // specs["last1"].row_shape[0]  # blocks in last4
@@ -122,6 +144,7 @@ def _to_storage(name: str, tensor: torch.Tensor, dataset) -> np.ndarray:
 
 def _extract_chunks(backbone: Backbone, dataset, cache: FeatureCache, chunks: Sequence[int], batch_size: int,
                     num_workers: int, device: str, use_amp: bool, world: World, desc: str) -> None:
+    keep_tokens = "tokens" in cache.arrays
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=_chunk_batches(cache, chunks, batch_size), num_workers=num_workers,
         pin_memory=torch.device(device).type == "cuda",
@@ -132,7 +155,7 @@ def _extract_chunks(backbone: Backbone, dataset, cache: FeatureCache, chunks: Se
     bar = tqdm(total=sum(len(cache.chunk_rows(c)) for c in chunks), unit="img", disable=not world.is_main,
                desc=f"{desc} (rank 0 of {world.size}; {len(chunks)} chunks)")
     for images, labels in loader:
-        batch = pooled_features(backbone, images.to(device, non_blocking=True), use_amp)
+        batch = pooled_features(backbone, images.to(device, non_blocking=True), use_amp, keep_tokens)
         batch["labels"] = labels
         for name, tensor in batch.items():
             parts[name].append(_to_storage(name, tensor, dataset))
@@ -156,15 +179,18 @@ def extract_features(
     desc: str = "features",
     chunk_size: Optional[int] = None,
     verify: bool = False,
+    keep_tokens: bool = False,
 ) -> FeatureSet:
     """Features of every item of ``dataset`` ((image tensor, label) pairs), from the cache
     when it is complete; otherwise the missing chunks are extracted, shared among the ranks
     of the process group (call it on every rank). ``dataset`` must have ``fingerprint()``
-    and carry its transform's repr."""
+    and carry its transform's repr. ``keep_tokens`` also stores the last block's patch
+    tokens (the attentive probe's input; a cache of its own)."""
     if batch_size < 1:
         raise UserError(f"feature-extraction batch size must be >= 1, got {batch_size}")
     transform = repr(getattr(dataset, "transform", None))
-    key = cache_key(backbone, dataset.fingerprint(), transform, {"split": getattr(dataset, "split", None)})
+    extra_key = {"split": getattr(dataset, "split", None)} | ({"tokens": True} if keep_tokens else {})
+    key = cache_key(backbone, dataset.fingerprint(), transform, extra_key)
     folder = Path(cache_dir) / f"{desc}-{key}"
     if (folder / "meta.json").exists():
         return load_cached(folder, key, len(dataset), verify)
@@ -172,7 +198,7 @@ def extract_features(
     world = current_world()
     backbone = backbone.to(device).eval()
     use_amp = amp and torch.device(device).type == "cuda"
-    specs, layers_used = _array_specs(backbone, dataset, device, use_amp)
+    specs, layers_used = _array_specs(backbone, dataset, device, use_amp, keep_tokens)
     chunk_size = chunk_size or batch_size * math.ceil(CHUNK_IMAGES / batch_size)
     cache = FeatureCache(folder, key, len(dataset), chunk_size, specs)
     if world.is_main:

@@ -1,9 +1,10 @@
 """Linear probes on cached features.
 
 ``linear_probe``: every (feature set x learning rate) head trains in ONE pass over the
-data, DINOv2-style: one module holds all heads, the loss is the sum of their losses (the
-heads share no parameters, so each gets exactly its own gradient), each head has its own
-lr in its own optimizer group, all follow one cosine schedule. The best head is chosen on
+data, DINOv2-style (``evals.probe_training``): one module holds all heads, each with its own
+lr, all on one cosine schedule. Feature sets are the protocols of ``evals.feature_protocols``
+(patch mean, class token + patch mean, MAP output; last 1 or last 4 blocks), so the
+backbones' own protocols compete in the same pass. The best head is chosen on
 a held-out part of train (default) or on val; either way the choice is recorded, and
 top-1 / top-5 on val are reported for that head.
 
@@ -11,7 +12,6 @@ top-1 / top-5 on val are reported for that head.
 """
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence
 
 import numpy as np
@@ -20,6 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from evals.features import FeatureRows, FeatureSet
+from evals.probe_training import HeadSchedule, evaluate_heads, topk_correct, train_heads
 
 SGD_LRS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 ADAMW_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
@@ -34,12 +35,6 @@ def split_holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.nd
     perm = np.random.default_rng(seed).permutation(n)
     n_hold = max(1, int(round(n * fraction)))
     return np.sort(perm[n_hold:]), np.sort(perm[:n_hold])
-
-
-def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> dict[int, int]:
-    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
-    hits = top == labels[:, None]
-    return {k: int(hits[:, :k].any(dim=1).sum()) for k in ks}
 
 
 class LinearHeadGrid(nn.Module):
@@ -61,19 +56,12 @@ class LinearHeadGrid(nn.Module):
                 for head, (_, lr) in zip(self.heads, self.points)]
 
 
-@torch.no_grad()
-def _evaluate(model: LinearHeadGrid, rows: FeatureRows, batch_size: int, device) -> list[dict]:
-    counts = [{1: 0, 5: 0} for _ in model.points]
-    for x, y in rows.batches(batch_size, device):
-        for c, lg in zip(counts, model(x)):
-            for k, v in topk_correct(lg, y).items():
-                c[k] += v
-    n = max(len(rows), 1)
-    return [{"top1": 100.0 * c[1] / n, "top5": 100.0 * c[5] / n} for c in counts]
-
-
 def _choose(scores: list[float]) -> int:
     return int(np.argmax(scores))  # first of equals: the grid order is the tie-break
+
+
+def head_name(features: str, lr: float) -> str:
+    return f"{features}@lr={lr:g}"
 
 
 def linear_probe(
@@ -92,10 +80,12 @@ def linear_probe(
     seed: int = 0,
     device: str = "cpu",
 ) -> dict:
-    if optimizer not in ("sgd", "adamw"):
-        raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
+    """Every (feature set x lr) head in one pass; feature sets are names of
+    ``evals.feature_protocols`` ('patch_mean:last4', 'cls_patch_mean:last1', ...)."""
     if selection not in SELECTIONS:
         raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+    schedule = HeadSchedule(epochs, batch_size, optimizer, weight_decay, momentum, seed)
+    schedule.check()
     lrs = tuple(lrs or (SGD_LRS if optimizer == "sgd" else ADAMW_LRS))
     torch.manual_seed(seed)
     num_classes = int(max(train.labels.max(), val.labels.max())) + 1
@@ -111,23 +101,12 @@ def linear_probe(
             rows.standardize_with(moments)
 
     model = LinearHeadGrid(fit.dims, lrs, num_classes).to(device)
-    groups = model.param_groups(weight_decay)
-    opt = (torch.optim.SGD(groups, momentum=momentum) if optimizer == "sgd" else torch.optim.AdamW(groups))
-    steps_per_epoch = math.ceil(len(fit) / batch_size)
-    total = max(1, epochs * steps_per_epoch)
-    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
-    loss_fn = nn.CrossEntropyLoss()
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    for _ in tqdm(range(epochs), desc=f"linear heads ({len(model.points)} in one pass)", unit="epoch"):
-        for x, y in fit.batches(batch_size, device, generator):
-            loss = sum(loss_fn(lg, y) for lg in model(x))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            schedule.step()
+    evaluations = {"val": val_rows} | ({"holdout": hold} if hold is not None else {})
+    curves = train_heads(model, model.param_groups(weight_decay), fit, [head_name(f, l) for f, l in model.points],
+                         schedule, evaluations, device, "linear heads")
 
-    val_scores = _evaluate(model, val_rows, 4096, device)
-    hold_scores = _evaluate(model, hold, 4096, device) if hold is not None else None
+    val_scores = evaluate_heads(model, val_rows, device)
+    hold_scores = evaluate_heads(model, hold, device) if hold is not None else None
     chooser = hold_scores if hold_scores is not None else val_scores
     best = _choose([s["top1"] for s in chooser])
     fs, lr = model.points[best]
@@ -145,6 +124,7 @@ def linear_probe(
         "selected_on": (f"holdout ({holdout_fraction:.0%} of train, seed {seed}); heads trained on the rest"
                         if selection == "holdout" else "val (the reported split itself, as DINOv2 does)"),
         "grid": grid,
+        "curves": curves,
         "settings": {
             "feature_sets": list(feature_sets), "lrs": list(lrs), "epochs": epochs, "batch_size": batch_size,
             "optimizer": optimizer, "momentum": momentum if optimizer == "sgd" else None,

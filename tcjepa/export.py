@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
+from tcjepa.errors import UserError
 from tcjepa.models.vit import TIMM_NAMES, VIT_ARCHS, JEPAViT, build_encoder
 from tcjepa.train.checkpoint import Checkpointer, atomic_write
 
@@ -41,7 +42,7 @@ _WRAPPER_TOKENS = re.compile(r"(^|\.)(module|_orig_mod|_fsdp_wrapped_module|_che
 _FIXED_TIMM_ARGS = {"class_token": False, "global_pool": "avg", "num_classes": 0}
 
 
-class ExportError(ValueError):
+class ExportError(UserError):
     """A checkpoint or export folder that cannot be turned into an encoder; names the file."""
 
 

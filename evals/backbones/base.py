@@ -12,17 +12,9 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-
-class UserError(ValueError):
-    """A problem the user fixes (bad path, unknown name, mismatched checkpoint).
-
-    Command-line tools print its message as one line and exit with code 2; anything else
-    is a bug and keeps its traceback.
-    """
-
-
-class CheckpointError(UserError):
-    """Weights that do not fit the model they claim to be (missing/unexpected keys, shapes)."""
+# The project's one family of user errors (one line, exit code 2), shared with tcjepa.
+from tcjepa.errors import CheckpointError, UserError
+from tcjepa.models.vit import patch_grid
 
 
 @dataclass
@@ -58,6 +50,8 @@ class Backbone(nn.Module):
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     has_class_token: bool = False
     global_vector_kind: str = "mean of patch tokens"  # recorded with every result
+    # The feature protocol (evals.feature_protocols) the backbone's authors probe it with.
+    default_features: str = "patch_mean"
 
     def forward_intermediates(self, x: torch.Tensor, n: int = 1) -> list[torch.Tensor]:
         """Patch tokens (B, h, w, C) of the last ``n`` blocks, oldest first.
@@ -67,6 +61,10 @@ class Backbone(nn.Module):
         Special tokens (class, registers, padding) are already removed.
         """
         raise NotImplementedError
+
+    def patch_grid(self, x: torch.Tensor) -> tuple[int, int]:
+        """(h, w) patches of the image batch ``x``; an error if its size is no multiple of the patch."""
+        return patch_grid(x, self.patch_size)
 
     def forward_patches(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_intermediates(x, 1)[-1]
@@ -84,6 +82,13 @@ class Backbone(nn.Module):
         patches = self.forward_intermediates(x, n)
         return patches, patches[-1].mean(dim=(1, 2))
 
+    def forward_features(self, x: torch.Tensor, n: int = 1
+                         ) -> tuple[list[torch.Tensor], torch.Tensor, Optional[list[torch.Tensor]]]:
+        """``forward_with_global(x, n)`` plus the class token (B, C) of each of the same ``n``
+        blocks (after the final norm), or None for backbones without one."""
+        patches, global_vector = self.forward_with_global(x, n)
+        return patches, global_vector, None
+
     def protocol_info(self) -> dict:
         """Settings that every result records next to its numbers."""
         return {
@@ -95,6 +100,7 @@ class Backbone(nn.Module):
             "std": list(self.std),
             "has_class_token": self.has_class_token,
             "global_vector": self.global_vector_kind,
+            "default_features": self.default_features,
         }
 
     def freeze(self) -> "Backbone":

@@ -23,6 +23,7 @@ HF_MODEL_TYPES = ("dinov2", "dinov2_with_registers")
 class HFDinov2Backbone(Backbone):
     has_class_token = True
     global_vector_kind = "class token after the final norm"
+    default_features = "cls_patch_mean"
 
     def __init__(self, model, image_size: int, mean, std, source: dict):
         super().__init__()
@@ -37,15 +38,16 @@ class HFDinov2Backbone(Backbone):
         self.source = source
 
     def forward_with_global(self, x: torch.Tensor, n: int = 1) -> tuple[list[torch.Tensor], torch.Tensor]:
-        B, _, H, W = x.shape
-        if H % self.patch_size or W % self.patch_size:
-            raise ValueError(f"image size {H}x{W} is not divisible by the patch size {self.patch_size}")
-        h, w = H // self.patch_size, W // self.patch_size
+        return self.forward_features(x, n)[:2]
+
+    def forward_features(self, x: torch.Tensor, n: int = 1):
+        B = x.shape[0]
+        h, w = self.patch_grid(x)
         out = self.model(pixel_values=x, output_hidden_states=True)
         # hidden_states[-1] is the last block before the final norm; layernorm of it is last_hidden_state
         normed = [self.model.layernorm(t) for t in out.hidden_states[-n:]]
         patches = [t[:, self.num_prefix_tokens:].reshape(B, h, w, -1) for t in normed]
-        return patches, normed[-1][:, 0]
+        return patches, normed[-1][:, 0], [t[:, 0] for t in normed]
 
     def forward_intermediates(self, x: torch.Tensor, n: int = 1) -> list[torch.Tensor]:
         return self.forward_with_global(x, n)[0]

@@ -48,6 +48,7 @@ class HFSiglipBackbone(Backbone):
     """Fixed-resolution SigLIP vision tower (conv patch embedding, learned square table)."""
 
     global_vector_kind = "attention-pool (MAP) head output"
+    default_features = "map"
 
     def __init__(self, model, image_size: int, mean, std, source: dict):
         super().__init__()
@@ -65,12 +66,10 @@ class HFSiglipBackbone(Backbone):
         return self.model(pixel_values=x, interpolate_pos_encoding=True, output_hidden_states=True)
 
     def forward_with_global(self, x: torch.Tensor, n: int = 1) -> tuple[list[torch.Tensor], torch.Tensor]:
-        B, _, H, W = x.shape
-        if H % self.patch_size or W % self.patch_size:
-            raise ValueError(f"image size {H}x{W} is not divisible by the patch size {self.patch_size}")
+        B = x.shape[0]
+        h, w = self.patch_grid(x)
         out = self.encode(x)
         normed = [self.model.post_layernorm(t) for t in out.hidden_states[-n:]]
-        h, w = H // self.patch_size, W // self.patch_size
         return [t.reshape(B, h, w, -1) for t in normed], out.pooler_output
 
     def forward_intermediates(self, x: torch.Tensor, n: int = 1) -> list[torch.Tensor]:
@@ -101,18 +100,16 @@ class HFSiglip2NaFlexBackbone(HFSiglipBackbone):
         return [tokens_to_grids(t, pixel_attention_mask, spatial_shapes) for t in normed], out.pooler_output
 
     def forward_with_global(self, x: torch.Tensor, n: int = 1) -> tuple[list[torch.Tensor], torch.Tensor]:
-        B, _, H, W = x.shape
-        p = self.patch_size
-        if H % p or W % p:
-            raise ValueError(f"image size {H}x{W} is not divisible by the patch size {p}")
-        tokens = patchify(x, p)
+        B = x.shape[0]
+        h, w = self.patch_grid(x)
+        tokens = patchify(x, self.patch_size)
         length = tokens.shape[1]
         if self.max_num_patches and self.max_num_patches > length:
             # Pad as the processor does; exercised so results match processor inputs exactly.
             tokens = torch.nn.functional.pad(tokens, (0, 0, 0, self.max_num_patches - length))
         mask = torch.zeros(B, tokens.shape[1], dtype=torch.long, device=x.device)
         mask[:, :length] = 1
-        shapes = torch.tensor([[H // p, W // p]] * B, device=x.device)
+        shapes = torch.tensor([[h, w]] * B, device=x.device)
         layers, pooled = self.forward_naflex(tokens, mask, shapes, n)
         return [torch.stack(grids) for grids in layers], pooled
 

@@ -92,17 +92,24 @@ class TimmViTBackbone(Backbone):
             "map": "attention-pool (MAP) head output",
             "avg": "mean of patch tokens",
         }.get(model.global_pool, model.global_pool)
+        self.default_features = {"token": "cls_patch_mean", "map": "map"}.get(model.global_pool, "patch_mean")
         self.source = source
 
     def forward_with_global(self, x: torch.Tensor, n: int = 1) -> tuple[list[torch.Tensor], torch.Tensor]:
-        B, _, H, W = x.shape
-        if H % self.patch_size or W % self.patch_size:
-            raise ValueError(f"image size {H}x{W} is not divisible by the patch size {self.patch_size}")
-        h, w = H // self.patch_size, W // self.patch_size
-        final, intermediates = self.model.forward_intermediates(x, indices=n, norm=True, output_fmt="NLC")
-        patches = [t.reshape(B, h, w, t.shape[-1]) for t in intermediates]  # prefix tokens already split off
+        return self.forward_features(x, n)[:2]
+
+    def forward_features(self, x: torch.Tensor, n: int = 1):
+        B = x.shape[0]
+        h, w = self.patch_grid(x)
+        # prefix tokens (class first, then registers) come split off the patch tokens
+        final, intermediates = self.model.forward_intermediates(x, indices=n, norm=True, output_fmt="NLC",
+                                                                return_prefix_tokens=self.has_class_token)
+        class_tokens = None
+        if self.has_class_token:
+            intermediates, class_tokens = [t for t, _ in intermediates], [p[:, 0] for _, p in intermediates]
+        patches = [t.reshape(B, h, w, t.shape[-1]) for t in intermediates]
         global_vector = self.model.forward_head(final, pre_logits=True)
-        return patches, global_vector
+        return patches, global_vector, class_tokens
 
     def forward_intermediates(self, x: torch.Tensor, n: int = 1) -> list[torch.Tensor]:
         return self.forward_with_global(x, n)[0]

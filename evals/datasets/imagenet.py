@@ -89,8 +89,12 @@ class ImageNetFolder(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         path, label = self.samples[i]
-        with Image.open(path) as im:
-            image = im.convert("RGB")
+        try:
+            with Image.open(path) as im:
+                image = im.convert("RGB")
+        except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for truncated / non-image files
+            raise DatasetLayoutError(f"{path}: not a readable image ({type(e).__name__}: {e}); "
+                                     f"replace or remove the file") from None
         return (self.transform(image) if self.transform else image), label
 
     @property

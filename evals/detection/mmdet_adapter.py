@@ -140,7 +140,8 @@ def dataset_config(dataset: COCOInstances, ann_file: Path, settings: DetectionSe
             dict(type="PackDetInputs", meta_keys=("img_id", "img_path", "ori_shape", "img_shape", "scale_factor")),
         ]
     cfg = dict(
-        type="CocoDataset", data_root=str(dataset.img_dir.parent), ann_file=str(ann_file),
+        # absolute: mmengine joins a relative ann_file onto data_root (a relative --data doubled)
+        type="CocoDataset", data_root=str(dataset.img_dir.parent.resolve()), ann_file=str(Path(ann_file).resolve()),
         data_prefix=dict(img=f"{dataset.img_dir.name}/"),
         metainfo=dict(classes=tuple(dataset.classes)),
         filter_cfg=dict(filter_empty_gt=True, min_size=32) if train else None,

@@ -24,9 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("COCO detection (Mask R-CNN)")
     g.add_argument("--data", required=True,
                    help="COCO folder holding annotations/instances_{train,val}2017.json and {train,val}2017/")
-    g.add_argument("--engine", choices=("mmdet", "torchvision"), default="mmdet",
+    g.add_argument("--engine", choices=("mmdet", "torchvision"), default=None,
                    help="mmdet: MMDetection Runner (needs scripts/install_mm.sh); torchvision: fallback "
-                        "without the mm stack (default: mmdet)")
+                        "without the mm stack (default: mmdet when it is installed, else torchvision)")
     g.add_argument("--epochs", type=int, default=12, help="training epochs; 12 = the 1x schedule (default: 12)")
     g.add_argument("--max-iters", type=int, default=None,
                    help="stop after this many iterations (quick runs and tests); the lr steps are "
@@ -70,7 +70,20 @@ def settings_from_args(args: argparse.Namespace) -> DetectionSettings:
     )
 
 
+def installed_engine() -> str:
+    """mmdet when its adapter imports (the mm stack with compiled ops), else torchvision."""
+    try:
+        import evals.detection.mmdet_adapter  # noqa: F401
+    except ImportError:
+        return "torchvision"
+    return "mmdet"
+
+
 def run(backbone: Backbone, args: argparse.Namespace) -> dict:
+    if args.engine is None:
+        args.engine = installed_engine()
+        print(f"coco: --engine not given, using {args.engine} "
+              f"({'the mm stack is installed' if args.engine == 'mmdet' else 'no mm stack installed'})")
     settings = settings_from_args(args)
     train_set = COCOInstances(args.data, "train", args.max_train_images, skip_empty=True)
     val_set = COCOInstances(args.data, "val", args.max_val_images)

@@ -173,7 +173,7 @@ def _fit_threads_to_idle_cores() -> None:
     # cores a tiny BLIP took 5x the CPU time it took with 1 (as the text cache measured).
     import os
 
-    from tcjepa.text.cache import _build_threads
+    from tcjepa.text.cache_build import _build_threads
 
     if hasattr(os, "getloadavg"):
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

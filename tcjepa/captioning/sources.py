@@ -13,7 +13,8 @@ from typing import Sequence
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from tcjepa.data.captions import IMAGE_EXTENSIONS, SKIP_HINT, _scan_shard, decode_image
+from tcjepa.data.captions import IMAGE_EXTENSIONS, SKIP_HINT, decode_image
+from tcjepa.data.wds import _scan_shard
 from tcjepa.data.errors import DataError
 
 # Pictures caption-stats writes beside the captions: not input when --out is the image folder.

@@ -19,7 +19,7 @@ def read_caption_lists(data: Path | None = None, captions_file: str = "captions.
     from tcjepa.data.captions import read_captions_jsonl
 
     if shards:
-        from tcjepa.data.captions import CaptionedWebDataset
+        from tcjepa.data.wds import CaptionedWebDataset
 
         return [list(r.captions) for r in CaptionedWebDataset(shards).records]
     return [list(r.captions) for r in read_captions_jsonl(Path(data) / captions_file)]

@@ -1,9 +1,9 @@
 """``tcjepa-data``: make, convert and inspect pretraining data.
 
     tcjepa-data scenes --out data/scenes --train 10000 --val 1000
-    tcjepa-data to-wds --root data/scenes --out data/shards
+    tcjepa-data to-wds --data data/scenes --out data/shards
     tcjepa-data from-wds --shards 'data/shards/shard-{000000..000009}.tar' --out data/scenes2
-    tcjepa-data masks --config configs/cpu/tiny.yaml --out masks.png
+    tcjepa-data masks --config configs/cpu/scenes_tcjepa.yaml --out masks.png
     tcjepa-data text-cache --data data/scenes ...
     tcjepa-data captions --images data/scenes/images/train --model models/random-blip --out data/captioned
     tcjepa-data caption-stats --data data/captioned
@@ -19,6 +19,8 @@ import time
 from tcjepa.captioning.cli import add_parsers as add_captioning_parsers
 from tcjepa.config import ConfigError
 from tcjepa.data.errors import DataError
+
+from .help import document_defaults
 
 
 def _cmd_transfer(args: argparse.Namespace) -> int:
@@ -86,14 +88,8 @@ def _add_text_cache(subparsers: argparse._SubParsersAction, load: bool) -> None:
                                        "(see `tcjepa-data text-cache --help`)")
         p.set_defaults(func=lambda args: _fail("text-cache: internal error, parser not loaded"))
         return
-    try:
-        from tcjepa.text import cli as text_cli
-    except ModuleNotFoundError as e:
-        if e.name not in ("tcjepa.text.cli", "tcjepa.text"):
-            raise
-        p = subparsers.add_parser("text-cache", help="(unavailable: tcjepa.text.cli is not installed)")
-        p.set_defaults(func=lambda args: _fail("text-cache needs tcjepa.text.cli, which is not installed"))
-        return
+    from tcjepa.text import cli as text_cli
+
     p = text_cli.add_parser(subparsers)
     p.set_defaults(func=text_cli.run)
 
@@ -136,9 +132,10 @@ def build_parser(with_text_cache: bool = True) -> argparse.ArgumentParser:
     p = sub.add_parser("to-wds", help="image folder + captions.jsonl -> WebDataset tar shards",
                        description="Pack KEY.jpg + KEY.json ({\"captions\": [...]}) samples into uncompressed tar "
                                    "shards, in captions.jsonl order (caption ids stay the same).")
-    p.add_argument("--root", required=True, help="folder holding the captions file and the images")
+    p.add_argument("--data", "--root", dest="root", required=True,
+                   help="folder holding the captions file and the images (--root: the older name)")
     p.add_argument("--out", required=True, help="folder for the shards")
-    p.add_argument("--captions-file", default="captions.jsonl", help="captions file under --root")
+    p.add_argument("--captions-file", default="captions.jsonl", help="captions file under --data (default: captions.jsonl)")
     p.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default: 1000)")
     p.add_argument("--prefix", default="shard", help="shard file prefix (default: shard)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -169,7 +166,7 @@ def build_parser(with_text_cache: bool = True) -> argparse.ArgumentParser:
 
     _add_text_cache(sub, load=with_text_cache)
     add_captioning_parsers(sub)
-    return parser
+    return document_defaults(parser)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,22 +5,12 @@ import os
 import sys
 from typing import Callable
 
+from ..errors import UserError
+
 
 def user_error_types() -> tuple[type, ...]:
-    """Errors that mean 'fix your input', gathered from the modules that define them."""
-    from ..config import ConfigError
-
-    types: list[type] = [ConfigError, FileNotFoundError]
-    for module, name in (
-        ("tcjepa.data.errors", "DataError"),
-        ("tcjepa.train.checkpoint", "CheckpointError"),
-        ("tcjepa.train.loop", "TrainingError"),
-    ):
-        try:
-            types.append(getattr(__import__(module, fromlist=[name]), name))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(types)
+    """Errors that mean 'fix your input': the project's UserError family, and a missing file."""
+    return (UserError, FileNotFoundError)
 
 
 def run_cli(fn: Callable[[], int]) -> int:

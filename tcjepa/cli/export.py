@@ -13,6 +13,8 @@ from pathlib import Path
 from tcjepa.export import ExportError, export_encoder
 from tcjepa.train.checkpoint import CheckpointError, find_resume_checkpoint
 
+from .help import document_defaults
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -30,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow legacy checkpoints that need a full unpickle; this runs code from the file, "
         "so only use it for files you trust",
     )
-    return p
+    return document_defaults(p)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ import sys
 
 from ..config import ConfigError, load_config
 from .errors import run_cli
+from .help import document_defaults
 
 EPILOG = """\
 Overrides are key=value with dotted keys, values parsed as YAML, e.g.
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--max-steps-this-run", type=int, default=None,
                    help="stop after this many steps (the run stays resumable)")
-    return p
+    return document_defaults(p)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,10 +17,11 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from tcjepa.config import Config, ConfigError
-from tcjepa.data.captions import CaptionedDataset, CaptionedImageFolder, CaptionedWebDataset
+from tcjepa.data.captions import CaptionedDataset, CaptionedImageFolder
 from tcjepa.data.errors import DataError
 from tcjepa.data.masks import MultiBlockMaskCollator, TextLookup
 from tcjepa.data.transforms import PretrainTransform
+from tcjepa.data.wds import CaptionedWebDataset
 
 log = logging.getLogger("tcjepa.data")
 _SAMPLER_STREAM = 2
@@ -123,6 +124,8 @@ class ResumableDataLoader(DataLoader):
 
 
 def per_process_batch_size(cfg: Config, world_size: int) -> int:
+    """Images per micro-batch on one process: the global batch over ranks and accumulation
+    steps, which must divide it (the one rule; every rank steps on the same share)."""
     share = world_size * cfg.optim.grad_accum
     if cfg.optim.batch_size % share:
         raise ConfigError(f"optim.batch_size={cfg.optim.batch_size} is not divisible by world_size x "

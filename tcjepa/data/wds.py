@@ -1,4 +1,8 @@
-"""WebDataset tar shards: convert an image folder + captions.jsonl to shards and back.
+"""WebDataset tar shards: the map-style dataset over them, and conversion to and from folders.
+
+``CaptionedWebDataset`` indexes the members of uncompressed tar shards once and reads images
+by seek; ``write_wds_shards`` / ``extract_wds`` convert an image folder + captions.jsonl to
+shards and back. Every WebDataset read in the project goes through this module.
 
 A sample is ``KEY.<ext>`` (the original image bytes, never re-encoded) + ``KEY.json`` with
 ``{"captions": [...], "image": original relative path}``; keys are the zero-padded sample
@@ -10,16 +14,28 @@ from __future__ import annotations
 import glob
 import io
 import json
+import logging
+import os
 import re
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
+from PIL import Image
 from tqdm import tqdm
 
-from tcjepa.data.captions import IMAGE_EXTENSIONS, _parse_member_json, _scan_shard, read_captions_jsonl
-from tcjepa.data.captions import validate_caption_record
-from tcjepa.data.errors import DataError
+from tcjepa.data.captions import (
+    IMAGE_EXTENSIONS,
+    CaptionedDataset,
+    CaptionRecord,
+    decode_image,
+    read_captions_jsonl,
+    validate_caption_record,
+)
+from tcjepa.data.errors import SKIP_HINT, DataError
+
+log = logging.getLogger(__name__)
 
 _BRACE_RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
 
@@ -136,3 +152,114 @@ def extract_wds(shards: str | Sequence[str | Path], out: str | Path, captions_fi
                     cap.write(json.dumps({"image": image, "captions": list(captions)}) + "\n")
                     count += 1
     return count
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class _ShardMember:
+    shard: int
+    offset: int
+    size: int
+    name: str
+
+
+class CaptionedWebDataset(CaptionedDataset):
+    """WebDataset tar shards (``KEY.jpg`` + ``KEY.json`` with ``{"captions": [...]}``), map-style.
+
+    The index of members (offsets into the uncompressed tars) is built once by scanning the
+    headers; images are then read by seek, so any sample can be fetched in any order.
+    """
+
+    def __init__(self, shards: str | Sequence[str | Path], transform: Callable | None = None,
+                 num_captions: int = 8, seed: int = 0, skip_bad_samples: bool = False, progress: bool = False):
+        self.shards = expand_shards(shards)
+        records, members, dropped = [], [], 0
+        for shard_id, shard in enumerate(tqdm(self.shards, desc="index shards", unit="shard", disable=not progress)):
+            for key, files in _scan_shard(shard):
+                where = f"{shard}:{key}"
+                if "json" not in files:
+                    raise DataError(f"{where}: sample has no .json member with its captions")
+                _, captions = validate_caption_record(_parse_member_json(files["json"][3], where), where,
+                                                      need_image=False)
+                image = next((files[e] for e in IMAGE_EXTENSIONS if e in files), None)
+                if image is None:
+                    msg = f"{where}: sample has no image member (.{', .'.join(IMAGE_EXTENSIONS)}); {SKIP_HINT}"
+                    if not skip_bad_samples:
+                        raise DataError(msg)
+                    log.warning("dropping sample: %s", msg)
+                    dropped += 1
+                    continue
+                records.append(CaptionRecord(key, captions, where))
+                members.append(_ShardMember(shard_id, image[0], image[1], image[2]))
+        if not records:
+            raise DataError(f"{self.shards[0]}: no samples found in {len(self.shards)} shard(s)")
+        super().__init__(records, transform, num_captions, seed, skip_bad_samples)
+        self.members = members
+        self._bad_counter[0] += dropped
+        self._handles: dict[int, Any] = {}
+        self._pid = os.getpid()
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_handles"] = {}  # open files do not cross process boundaries
+        return state
+
+    def _handle(self, shard_id: int):
+        if self._pid != os.getpid():  # forked worker: the parent's file offsets are not ours
+            self._handles, self._pid = {}, os.getpid()
+        if shard_id not in self._handles:
+            self._handles[shard_id] = open(self.shards[shard_id], "rb")
+        return self._handles[shard_id]
+
+    def load_image(self, index: int) -> Image.Image:
+        m = self.members[index]
+        f = self._handle(m.shard)
+        f.seek(m.offset)
+        data = f.read(m.size)
+        where = f"{self.shards[m.shard]}:{m.name}"
+        if len(data) != m.size:
+            raise DataError(f"{where}: shard is truncated (member needs {m.size} bytes); {SKIP_HINT}")
+        return decode_image(data, where)
+
+
+def _split_member_name(name: str) -> tuple[str, str]:
+    """WebDataset convention: key = path up to the first dot of the basename, ext = the rest."""
+    directory, _, base = name.rpartition("/")
+    stem, dot, ext = base.partition(".")
+    return (f"{directory}/{stem}" if directory else stem), ext.lower()
+
+
+def _scan_shard(path: Path):
+    """Yield (key, {ext: (offset, size, name, json bytes or None)}) for consecutive members sharing a key."""
+    try:
+        tf = tarfile.open(path, mode="r:")  # uncompressed only: members are read later by seek
+    except (tarfile.TarError, OSError) as e:
+        raise DataError(f"{path}: not a readable uncompressed tar shard ({e}); "
+                        f"write shards with `tcjepa-data to-wds`") from None
+    with tf:
+        key, files = None, {}
+        try:
+            for info in tf:
+                if not info.isfile():
+                    continue
+                k, ext = _split_member_name(info.name)
+                if k != key:
+                    if key is not None:
+                        yield key, files
+                    key, files = k, {}
+                # Caption JSON is small and needed for the index: read it now (tarfile seeks back).
+                data = tf.extractfile(info).read() if ext == "json" else None
+                files[ext] = (info.offset_data, info.size, info.name, data)
+        except tarfile.TarError as e:
+            raise DataError(f"{path}: corrupt tar shard after member {key!r} ({e}); re-create it") from None
+        if key is not None:
+            yield key, files
+
+
+def _parse_member_json(raw: bytes, where: str) -> Any:
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{where}.json: invalid JSON ({e}); expected {{\"captions\": [...]}}") from None

@@ -68,6 +68,15 @@ def key_padding_to_attn_mask(valid: Optional[torch.Tensor]) -> Optional[torch.Te
     return None if valid is None else valid[:, None, None, :]
 
 
+def patch_grid(images: torch.Tensor, patch_size: int) -> tuple[int, int]:
+    """(rows, cols) of patches of a (..., H, W) batch; sizes that are no multiple of the patch
+    size are an error rather than silently cropped."""
+    h, w = images.shape[-2:]
+    if h % patch_size or w % patch_size:
+        raise ValueError(f"image size {h}x{w} is not divisible by the patch size {patch_size}")
+    return h // patch_size, w // patch_size
+
+
 class JEPAViT(VisionTransformer):
     def __init__(
         self,
@@ -106,11 +115,7 @@ class JEPAViT(VisionTransformer):
         return self.patch_embed.patch_size[0]
 
     def grid_size(self, x: torch.Tensor) -> tuple[int, int]:
-        p = self.patch_size
-        h, w = x.shape[-2:]
-        if h % p or w % p:
-            raise ValueError(f"image size {h}x{w} is not divisible by the patch size {p}")
-        return h // p, w // p
+        return patch_grid(x, self.patch_size)
 
     def position_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
         if tuple(grid) == tuple(self.patch_embed.grid_size):

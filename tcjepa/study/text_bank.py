@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 
 from tcjepa.study.scene_family import caption_vocabulary
-from tcjepa.text.cache import TextFeatureCache, build_text_cache
+from tcjepa.text.cache import TextFeatureCache
+from tcjepa.text.cache_build import build_text_cache
 
 
 def build_text_bank(folder: str | Path, encoder: str = "minilm", max_words: int = 32, progress: bool = False) -> Path:

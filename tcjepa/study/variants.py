@@ -23,7 +23,7 @@ class Variant:
     overrides: tuple[str, ...] = ()
     shuffled_captions: bool = False  # each image gets the captions of the next image of its batch
     # The optimizer-state check: multiply the encoder's Adam second moment by ``factor`` once,
-    # after step ``step`` (results/optimizer-state-pilot: x2500 at step 12).
+    # after step ``step`` (results/studies/optimizer-state-pilot: x2500 at step 12).
     boost_second_moment: Optional[tuple[int, float]] = None
     description: str = ""
 

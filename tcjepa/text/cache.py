@@ -17,7 +17,7 @@ exactly its own length, so its features do not depend on which captions share it
 (Transformer kernels on CPU are not bitwise invariant to the padded length: the same caption
 padded to 12 or to 16 tokens gives features that differ in the last bits.)
 
-A build writes chunk after chunk (``batch_size`` distinct captions each): data first,
+The build (``cache_build.py``) writes chunk after chunk (``batch_size`` distinct captions each): data first,
 flushed to disk, then meta.json is replaced atomically with the new progress
 (``unique_completed`` distinct captions, ``completed`` caption ids). A killed build therefore
 never claims more than it wrote, and ``resume=True`` continues at the first unwritten chunk;
@@ -35,9 +35,8 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from .encoder import FrozenTextEncoder, sanitize_captions
+from ..errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +46,16 @@ VERSION = 1
 BUILD_ORDER = "unique-by-length-v1"
 META_FILE = "meta.json"
 FEATURES_FILE = "features.f16"
+
+
+class TextCacheError(UserError, ValueError):
+    """A text cache that does not fit (other caption list, encoder or max_words; damaged files).
+
+    Command-line tools print it as one line and exit 2."""
+
+
+class IncompleteTextCacheError(TextCacheError, RuntimeError):
+    """A cache whose build was interrupted (resumable)."""
 
 
 def caption_fingerprint(captions: Sequence[str]) -> str:
@@ -74,9 +83,9 @@ def _read_meta(folder: Path) -> dict:
             "`tcjepa-data text-cache --data <dataset folder>`"
         ) from None
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: corrupt JSON ({e}); delete the folder and rebuild the cache") from None
+        raise TextCacheError(f"{path}: corrupt JSON ({e}); delete the folder and rebuild the cache") from None
     if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-        raise ValueError(
+        raise TextCacheError(
             f"{path}: format {meta.get('format')!r} version {meta.get('version')!r}, expected "
             f"{FORMAT!r} version {VERSION}; rebuild the cache with this version of tcjepa"
         )
@@ -92,183 +101,6 @@ def _write_meta(folder: Path, meta: dict) -> None:
     os.replace(tmp, folder / META_FILE)
 
 
-def _build_threads(current: int, cpus: int, load: float) -> int:
-    """Intra-op threads for a CPU build: the idle cores, at least 1, at most torch's setting.
-
-    On a busy machine extra OpenMP threads mostly spin at barriers waiting for descheduled
-    siblings: on a 2-core machine at load 4, 1 thread encoded ~1.5x faster than 2 (and the
-    bytes are the same for any thread count).
-    """
-    return max(1, min(current, int(round(cpus - load))))
-
-
-def _encode_group(encoder: FrozenTextEncoder, texts: list[str]) -> torch.Tensor:
-    """Features (n, L, d) of captions that all have L tokens: no padding anywhere.
-
-    A lone caption is encoded twice in one batch: on CPU a batch of one can take other
-    kernels (different last bits) than any larger batch.
-    """
-    feats, mask = encoder.encode(texts if len(texts) > 1 else texts * 2, warn_truncation=False)
-    if not bool(mask.all()):  # cannot happen for equal token counts; never write skewed data
-        raise RuntimeError("text cache: captions of one token count were padded; tokenizer mismatch")
-    return feats[: len(texts)]
-
-
-def build_text_cache(
-    captions: Sequence[str],
-    out_dir: str | Path,
-    encoder: FrozenTextEncoder,
-    batch_size: int = 256,
-    resume: bool = True,
-    progress: bool = True,
-    dedupe: bool = True,
-) -> Path:
-    """Encode every distinct caption once and store fp16 word features padded to S = max_words.
-
-    ``resume=True`` continues a partial build of the same captions with the same encoder
-    and refuses (ValueError) if either differs; ``resume=False`` starts over. ``dedupe=False``
-    encodes every caption id separately (the same bytes, slower; kept to test that claim).
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    captions = list(captions)
-    if not captions:
-        raise ValueError("build_text_cache got no captions")
-    # Validate everything before the first chunk, so a bad caption fails in seconds with
-    # its caption id, not hours into a build. encode() sanitises the same way, so two ids
-    # whose captions sanitise to the same text get the same features.
-    clean = sanitize_captions(captions)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    count, S, dim = len(captions), encoder.max_words, encoder.dim
-    lengths_name, lengths_dtype = _lengths_file(S)
-
-    # Work items: distinct texts (or every id), sorted by (token count, text), each with its ids.
-    if dedupe:
-        ids_of: dict[str, list[int]] = {}
-        for i, text in enumerate(clean):
-            ids_of.setdefault(text, []).append(i)
-        texts = list(ids_of)
-        groups = [ids_of[t] for t in texts]
-    else:
-        texts, groups = clean, [[i] for i in range(count)]
-    full_lengths = [len(ids) for ids in encoder.tokenizer(
-        texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]]
-    order = sorted(range(len(texts)), key=lambda u: (min(full_lengths[u], S), texts[u], groups[u][0]))
-    texts = [texts[u] for u in order]
-    groups = [groups[u] for u in order]
-    token_counts = [min(full_lengths[u], S) for u in order]
-    num_truncated = sum(len(groups[j]) for j, u in enumerate(order) if full_lengths[u] > S)
-    unique = len(texts)
-
-    meta = {
-        "format": FORMAT,
-        "version": VERSION,
-        "encoder": encoder.name,
-        "encoder_path": encoder.path,
-        "encoder_fingerprint": encoder.fingerprint,
-        "dim": dim,
-        "max_words": S,
-        "count": count,
-        "caption_fingerprint": caption_fingerprint(captions),
-        "features_file": FEATURES_FILE,
-        "features_dtype": "float16",
-        "lengths_file": lengths_name,
-        "lengths_dtype": lengths_dtype.name,
-        "batch_size": batch_size,
-        "build_order": BUILD_ORDER,
-        "unique_count": unique,
-        "unique_completed": 0,
-        "completed": 0,
-        "num_truncated": num_truncated,
-    }
-
-    start = done_ids = 0
-    if resume and (out / META_FILE).exists():
-        old = _read_meta(out)
-        _check_same_build(out, old, meta)
-        if int(old["completed"]) >= count:
-            logger.info("%s: text cache already complete (%d captions)", out, count)
-            return out
-        if old.get("build_order") == BUILD_ORDER and old.get("unique_count") == unique:
-            start, done_ids = int(old["unique_completed"]), int(old["completed"])
-            if start:
-                logger.info("%s: resuming text cache at distinct caption %d of %d", out, start, unique)
-        else:
-            logger.warning("%s: partial text cache from another tcjepa version; starting over", out)
-    mode = "r+" if start else "w+"  # w+ creates (or truncates) the file at full size
-    if not start:
-        (out / META_FILE).unlink(missing_ok=True)  # never trust a half-written previous build
-    features = np.memmap(out / FEATURES_FILE, dtype=np.float16, mode=mode, shape=(count, S, dim))
-    lengths = np.memmap(out / lengths_name, dtype=lengths_dtype, mode=mode, shape=(count,))
-    meta["unique_completed"], meta["completed"] = start, done_ids
-    _write_meta(out, meta)
-
-    desc = f"text cache ({encoder.name}, {unique} distinct of {count} captions)"
-    bar = tqdm(total=unique, initial=start, desc=desc, unit="cap", disable=not progress)
-    threads = torch.get_num_threads()
-    if encoder.device.type == "cpu" and hasattr(os, "getloadavg"):
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        torch.set_num_threads(_build_threads(threads, cpus, os.getloadavg()[0]))
-    try:
-        with torch.inference_mode():
-            for lo in range(start, unique, batch_size):
-                hi = min(lo + batch_size, unique)
-                chunk = np.zeros((hi - lo, S, dim), dtype=np.float16)
-                a = lo
-                while a < hi:  # one encoder call per run of equal token counts
-                    b = a + 1
-                    while b < hi and token_counts[b] == token_counts[a]:
-                        b += 1
-                    feats = _encode_group(encoder, texts[a:b])
-                    chunk[a - lo : b - lo, : feats.shape[1]] = feats.cpu().numpy().astype(np.float16)
-                    a = b
-                if not np.isfinite(chunk).all():
-                    bad_j = int(np.nonzero(~np.isfinite(chunk).reshape(hi - lo, -1).all(1))[0][0])
-                    raise FloatingPointError(
-                        f"caption {groups[lo + bad_j][0]}: text features overflow float16 (|x| > 65504); this "
-                        "encoder cannot be cached in fp16, encode online instead (data.text_cache='')"
-                    )
-                ids = np.concatenate([np.asarray(groups[j], dtype=np.int64) for j in range(lo, hi)])
-                src = np.repeat(np.arange(hi - lo), [len(groups[j]) for j in range(lo, hi)])
-                by_id = np.argsort(ids, kind="stable")  # write in file order
-                ids, src = ids[by_id], src[by_id]
-                features[ids] = chunk[src]
-                lengths[ids] = np.asarray(token_counts[lo:hi], dtype=lengths_dtype)[src]
-                features.flush()
-                lengths.flush()
-                meta["unique_completed"] = hi
-                meta["completed"] = done_ids = done_ids + len(ids)
-                _write_meta(out, meta)
-                bar.update(hi - lo)
-    finally:
-        torch.set_num_threads(threads)
-        bar.close()
-        del features, lengths  # unmap before anyone reopens the files
-    if meta["num_truncated"]:
-        logger.warning(
-            "%s: %d of %d captions were longer than max_words=%d tokens and were truncated",
-            out, meta["num_truncated"], count, S,
-        )
-    return out
-
-
-def _check_same_build(folder: Path, old: dict, new: dict) -> None:
-    for key, what in (
-        ("caption_fingerprint", "a different caption list"),
-        ("encoder_fingerprint", f"a different text encoder ({old.get('encoder')!r} at {old.get('encoder_path')})"),
-        ("max_words", "a different max_words"),
-        ("dim", "a different feature width"),
-        ("count", "a different number of captions"),
-    ):
-        if old.get(key) != new[key]:
-            raise ValueError(
-                f"{folder}: the partial cache there was built from {what} "
-                f"({key}: {old.get(key)!r} != {new[key]!r}); pass --no-resume (resume=False) "
-                "to overwrite it, or choose another --out folder"
-            )
-
-
 class TextFeatureCache:
     """Read side of a finished cache. Picklable: memmaps open lazily in each process.
 
@@ -280,7 +112,7 @@ class TextFeatureCache:
         self.folder = Path(out_dir)
         meta = _read_meta(self.folder)
         if int(meta["completed"]) < int(meta["count"]):
-            raise RuntimeError(
+            raise IncompleteTextCacheError(
                 f"{self.folder}: text cache is incomplete ({meta['completed']} of {meta['count']} "
                 "captions encoded; the build was interrupted). Finish it by rerunning the same "
                 "`tcjepa-data text-cache` command (it resumes), or set data.text_cache='' to "
@@ -301,7 +133,7 @@ class TextFeatureCache:
             path = self.folder / name
             if not path.is_file() or path.stat().st_size != expected:
                 size = path.stat().st_size if path.is_file() else "missing"
-                raise ValueError(
+                raise TextCacheError(
                     f"{path}: expected {expected} bytes for shape {shape}, found {size}; "
                     "the cache is damaged, rebuild it with --no-resume"
                 )
@@ -358,7 +190,7 @@ class TextFeatureCache:
         """Raise if ``captions`` is not the list the cache was built from."""
         fp = caption_fingerprint(list(captions))
         if fp != self.fingerprint:
-            raise ValueError(
+            raise TextCacheError(
                 f"{self.folder}: text cache was built from a different caption list "
                 f"({self._count} captions, fingerprint {self.fingerprint[:12]}...) than the dataset's "
                 f"({len(captions)} captions, fingerprint {fp[:12]}...); rebuild it with "
@@ -377,7 +209,7 @@ class TextFeatureCache:
         if encoder_fingerprint(resolve_text_encoder(encoder_name)) != self.encoder_fingerprint:
             problems.append(f"encoder {self.meta['encoder']!r} is not {encoder_name!r}")
         if problems:
-            raise ValueError(
+            raise TextCacheError(
                 f"{self.folder}: text cache does not match the text config ({'; '.join(problems)}); "
                 "rebuild it with the config's encoder and max_words, or fix the config"
             )

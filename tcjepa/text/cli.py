@@ -45,51 +45,17 @@ def default_cache_dir(data: Path, encoder: str) -> Path:
 
 def load_caption_texts(data: Path, captions_file: str = "captions.jsonl") -> list[str]:
     """All captions of a dataset in caption-id order (image order, then caption order)."""
-    try:
-        from tcjepa.data.captions import CaptionedImageFolder
-    except ImportError:
-        return read_caption_texts(Path(data) / captions_file)
+    from tcjepa.data.captions import CaptionedImageFolder
+
     return list(CaptionedImageFolder(data, captions_file=captions_file).caption_texts())
 
 
-def read_caption_texts(path: Path) -> list[str]:
-    """Minimal captions.jsonl reader, used only when tcjepa.data is not installed.
-
-    Same id order as ``CaptionedImageFolder.caption_texts()``: lines in file order, captions
-    in list order. Bad input raises ValueError naming the file and line.
-    """
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: captions file not found")
-    texts: list[str] = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: invalid JSON ({e})") from None
-            caps = record.get("captions") if isinstance(record, dict) else None
-            if not isinstance(caps, list) or not caps:
-                raise ValueError(f"{path}:{lineno}: expected an object with a non-empty 'captions' list")
-            for k, c in enumerate(caps):
-                if not isinstance(c, str) or not c.strip():
-                    raise ValueError(f"{path}:{lineno}: caption {k} is empty or not a string: {c!r}")
-            texts.extend(caps)
-    if not texts:
-        raise ValueError(f"{path}: no captions")
-    return texts
-
-
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from .cache import build_text_cache
+    from ..device import resolve_device
+    from .cache_build import build_text_cache
     from .encoder import FrozenTextEncoder
 
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(resolve_device(args.device))
     out = args.out or default_cache_dir(args.data, args.encoder)
     source = Path(args.data) / args.captions_file
     try:

@@ -30,12 +30,14 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Optional
 
 import torch
 
-from ..errors import TrainingError, UserError
+from ..errors import CheckpointError, TrainingError, UserError
 
 if TYPE_CHECKING:
     from .checkpoint_parts import Stateful
 
 log = logging.getLogger(__name__)
+
+__all__ = ["CheckpointError", "Checkpointer"]  # plus the file helpers below
 
 LATEST_POINTER = "latest"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)\.pt$")
@@ -48,10 +50,6 @@ _SAFE_SCALARS = (type(None), bool, int, float, complex, str, bytes, torch.dtype,
 _SAFE_TENSORS = (torch.Tensor, torch.nn.Parameter)
 _SAFE_MAPPINGS = (dict, collections.OrderedDict)
 _SAFE_SEQUENCES = (list, tuple, set)
-
-
-class CheckpointError(UserError, RuntimeError):
-    """A checkpoint that cannot be written or read; the message names the file."""
 
 
 def checkpoint_name(step: int) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 from dataclasses import dataclass
 from typing import Literal, Optional
 
@@ -27,6 +28,8 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
+
+from ..device import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -47,24 +50,25 @@ class DistInfo:
         return self.world_size > 1
 
 
-def _pick_device(device: str, local_rank: int) -> torch.device:
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"train.device={device!r}: expected auto, cpu or cuda")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but torch sees no CUDA device; use train.device=cpu")
-    if device == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda", local_rank % torch.cuda.device_count())
+def _free_port() -> int:
+    """A TCP port free right now: a fixed one collides with any other local run doing the same."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
-def init_distributed(device: str = "auto") -> DistInfo:
+def init_distributed(device: str = "auto", group_of_one: bool = False) -> DistInfo:
     """Join the torchrun process group (nccl on CUDA, gloo on CPU) from RANK / WORLD_SIZE /
-    LOCAL_RANK; a plain single process when those are absent."""
+    LOCAL_RANK; a plain single process when those are absent. ``group_of_one`` makes a
+    group even for one process (``benchmarks.train_step --fsdp``: FSDP2's hooks need one)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = _pick_device(device, local_rank)
-    if world_size > 1 and not dist.is_initialized():
+    dev = resolve_device(device, local_rank)
+    if (world_size > 1 or group_of_one) and not dist.is_initialized():
+        if world_size == 1:  # nobody launched us: a local rendezvous for the group of one
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", str(_free_port()))
         missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
         if missing:
             raise RuntimeError(
@@ -72,9 +76,9 @@ def init_distributed(device: str = "auto") -> DistInfo:
             )
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
-            dist.init_process_group("nccl", device_id=dev)
+            dist.init_process_group("nccl", device_id=dev, rank=rank, world_size=world_size)
         else:
-            dist.init_process_group("gloo")
+            dist.init_process_group("gloo", rank=rank, world_size=world_size)
     if dist.is_initialized():
         rank, world_size = dist.get_rank(), dist.get_world_size()
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev, is_main=rank == 0)

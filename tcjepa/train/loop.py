@@ -50,7 +50,7 @@ def train(cfg: Config, max_steps_this_run: Optional[int] = None, on_step: Option
     """Train until the configured number of steps. ``max_steps_this_run`` stops early (as a
     kill would, but cleanly; used by tests and the demo); ``on_step(step)`` is a test hook."""
     t0 = time.time()
-    dist = init_distributed()
+    dist = init_distributed(cfg.train.device)
     out_dir = Path(cfg.train.out_dir)
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)

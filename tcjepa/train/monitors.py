@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Any, Optional
 
@@ -163,7 +162,7 @@ GROUNDING_COLLAPSE_FRACTION = 1e-3
 
 def grounding_collapse_warning(step: int, positive_fraction: list[float], sparse_weight: float,
                                consist_weight: float) -> Optional[str]:
-    """The SPEC's known failure mode, as a warning, or None: (almost) no patch-word cosine is
+    """The known failure mode of docs/SPEC.md section 2, as a warning, or None: (almost) no patch-word cosine is
     positive in any conditioned layer, so both grounding regularizers are (almost) zero and give
     (almost) no gradient. With the raw keys of the embedded scenes this happens within ~10 steps
     (README, Results)."""
@@ -174,21 +173,9 @@ def grounding_collapse_warning(step: int, positive_fraction: list[float], sparse
     return (
         f"step {step}: under {100 * GROUNDING_COLLAPSE_FRACTION:g} % of patch-word cosines are "
         "positive in every conditioned layer, so the grounding regularizers are (almost) zero and "
-        "no longer train anything (the SPEC's failure mode: queries at negative cosine to every "
+        "no longer train anything (docs/SPEC.md's known failure mode: queries at negative cosine to every "
         "word key). Their large early gradients can also stay in the encoder's Adam state for "
         "hundreds of steps and change what the encoder learns (on the embedded scenes that "
         "carries TC-JEPA's whole gain over I-JEPA). "
         "model.grounding_keys=centered keeps them active; see README, Results"
     )
-
-
-def is_finite(x: Optional[torch.Tensor]) -> bool:
-    return x is not None and bool(torch.isfinite(x).all())
-
-
-def format_eta(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    m, s = divmod(int(seconds), 60)
-    h, m = divmod(m, 60)
-    return f"{h:d}:{m:02d}:{s:02d}"

@@ -18,7 +18,6 @@ from torch import nn
 
 from ..config import Config
 from ..data.batch import JEPABatch
-from ..errors import TrainingError
 from ..models.jepa import JEPA
 from .checkpoint import Checkpointer
 from .checkpoint_parts import Keyed, ModelWeights, OptimizerState, RNGStates
@@ -149,12 +148,6 @@ class Trainer:
 # ----------------------------------------------------------------------------- building
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def build_model(cfg: Config, device: torch.device, rank: int = 0, world_size: int = 1) -> JEPA:
     # Every rank builds the same initial weights: DDP would broadcast rank 0's, but FSDP2 keeps
     # each rank's own shard, which mixed two inits when ranks were seeded apart.
@@ -176,27 +169,15 @@ def wrap_and_optimize(model: JEPA, cfg: Config, device: torch.device) -> tuple[n
     return wrapped, build_optimizer(build_param_groups(model.encoder, model.predictor), cfg.optim, device)
 
 
-def per_process_batch(cfg: Config, world_size: int) -> int:
-    """Images per micro-batch on one process: the global batch over ranks and accumulation."""
-    accum = cfg.optim.grad_accum
-    micro_batch = cfg.optim.batch_size // (world_size * accum)
-    if micro_batch < 1:
-        raise TrainingError(
-            f"optim.batch_size={cfg.optim.batch_size} is smaller than world_size x grad_accum "
-            f"({world_size} x {accum})"
-        )
-    return micro_batch
-
-
 def build_trainer(cfg: Config, dist: Optional[DistInfo] = None) -> Trainer:
     """Every part of a run, in the order they depend on each other; nothing is resumed yet."""
-    from ..data.loader import build_pretrain_loader
+    from ..data.loader import build_pretrain_loader, per_process_batch_size
     from ..text.source import build_text_source
 
-    dist = dist or init_distributed()
-    device = resolve_device(cfg.train.device) if dist.world_size == 1 else dist.device
+    dist = dist or init_distributed(cfg.train.device)
+    device = dist.device
     model = build_model(cfg, device, dist.rank, dist.world_size)
-    micro_batch = per_process_batch(cfg, dist.world_size)
+    micro_batch = per_process_batch_size(cfg, dist.world_size)
     # The text source comes first: a cache is read inside the loader's workers.
     text = build_text_source(cfg, device)
     loader, sampler, dataset = build_pretrain_loader(

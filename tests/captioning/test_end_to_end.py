@@ -8,7 +8,7 @@ import pytest
 
 from tcjepa.cli.data import main
 from tcjepa.cli.train import main as train_main
-from tcjepa.data.captions import CaptionedWebDataset
+from tcjepa.data.wds import CaptionedWebDataset
 
 
 @pytest.mark.slow

@@ -5,10 +5,10 @@ import tarfile
 import pytest
 import torch
 
-from tcjepa.data.captions import CaptionedImageFolder, CaptionedWebDataset
+from tcjepa.data.captions import CaptionedImageFolder
 from tcjepa.data.errors import DataError
 from tcjepa.data.transforms import PretrainTransform
-from tcjepa.data.wds import expand_shards, extract_wds, write_wds_shards
+from tcjepa.data.wds import CaptionedWebDataset, expand_shards, extract_wds, write_wds_shards
 
 
 def test_folder_wds_folder_round_trip(scenes_root, tmp_path):

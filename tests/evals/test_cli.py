@@ -99,7 +99,7 @@ def save_foreign(kind: str, folder):
 
 @pytest.mark.parametrize("kind", ["ijepa", "dinov2", "siglip2"])
 def test_all_three_tasks_run_on_generated_scenes_for_foreign_backbones(tmp_path, scenes, kind):
-    """Issue 5's promise: the command line evaluates random-weight I-JEPA / DINOv2 / SigLIP2
+    """The evaluation CLI's promise: the command line evaluates random-weight I-JEPA / DINOv2 / SigLIP2
     weights on the generated ImageNet, ADE20k and COCO trees, and every metric is finite."""
     name, weights = save_foreign(kind, tmp_path)
     size = "56" if kind == "dinov2" else "64"  # patch 14

@@ -34,3 +34,15 @@ def test_stats_name_every_run_that_made_a_row():
     assert row.command == "study --seeds 0 ; study --seeds 1" and row.git_commit == "c0 ; c1"
     # Without a per-seed command column, the one given names the row.
     assert seed_stats(df.drop(columns="command"), "demo").iloc[0].command == "demo"
+
+
+def test_knn_and_attentive_results_enter_the_comparison(tmp_path):
+    from evals.demo_report import per_seed_metrics
+    from evals.results import run_record, write_run
+
+    info = {"name": "tcjepa", "embed_dim": 128, "patch_size": 8}
+    for task, value in (("in1k_knn", 31.0), ("in1k_attentive", 35.0), ("in1k_linear", 30.0)):
+        write_run(run_record("TC-JEPA", info, "scenes", task, {"top1": value, "top5": 80.0}, "top1", {}), tmp_path / "seed0")
+    rows = per_seed_metrics(tmp_path).set_index("task")
+    assert rows.loc["in1k_knn", "value"] == 31.0 and rows.loc["in1k_attentive", "value"] == 35.0
+    assert set(rows["metric"]) == {"top1"}

@@ -1,4 +1,4 @@
-"""Tables 1-5 regenerate the reported numbers of SPEC section 8 exactly, and measured
+"""Tables 1-5 regenerate the reported numbers of docs/SPEC.md section 8 exactly, and measured
 runs join them with their provenance."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pandas as pd
 from evals.results import read_runs, run_record, write_run
 from evals.tables import write_tables
 
-# SPEC section 8, typed again here so a typo in reported.csv cannot pass unnoticed.
+# The paper's Tables 1-5 (docs/SPEC.md section 8), typed again here so a typo in reported.csv cannot pass unnoticed.
 TABLE1 = {"I-JEPA": (72.9, 77.5, 79.3), "StoP": (74.5, 78.5, 79.6), "TC-JEPA": (75.8, 79.6, 80.4),
           "MAE": (68.0, 76.0, 77.2), "data2vec": (None, 77.3, None), "iBOT": (79.8, 81.0, None),
           "DINO": (78.1, None, None)}
@@ -65,10 +65,13 @@ def test_reported_tables_exact(tmp_path):
     assert "| TC-JEPA | IN-1k | reported | 75.8 | 79.6 | 80.4 |" in md
 
 
+def record(method, data, task, metrics, primary, embed_dim=768, patch=16, tmp=None):
+    info = {"name": "tcjepa", "embed_dim": embed_dim, "patch_size": patch}
+    return run_record(method, info, data, task, metrics, primary, {"epochs": 1}, command=f"tcjepa-eval {task}")
+
+
 def test_measured_runs_merge_with_provenance(tmp_path):
-    info = {"name": "tcjepa", "embed_dim": 768, "patch_size": 16}
-    rec = run_record("TC-JEPA (ours)", info, "scenes", "in1k_linear", {"top1": 61.25, "top5": 90.0}, "top1",
-                     {"epochs": 1}, command="tcjepa-eval linear --ckpt x")
+    rec = record("TC-JEPA (ours)", "ImageNet-1k", "in1k_linear", {"top1": 61.25, "top5": 90.0}, "top1")
     path = write_run(rec, tmp_path / "runs")
     assert json.loads(path.read_text())["value"] == 61.25
     for field in ("method", "backbone", "pretraining_data", "task", "metric", "value", "protocol", "command",
@@ -78,9 +81,46 @@ def test_measured_runs_merge_with_provenance(tmp_path):
     write_tables(tmp_path / "out", tmp_path / "runs")
     t1 = read(tmp_path / "out", "table1_in1k_linear_by_size")
     row = t1[t1["source"] == "measured"].iloc[0]
-    assert row["method"] == "TC-JEPA (ours)" and num(row["ViT-B/16"]) == 61.2  # CSV keeps one decimal
-    assert row["command"] == "tcjepa-eval linear --ckpt x" and row["hardware"]
+    assert row["method"] == "TC-JEPA (ours)" and row["pretraining_data"] == "IN-1k"
+    assert num(row["ViT-B/16"]) == 61.2  # CSV keeps one decimal
+    assert row["command"] == "tcjepa-eval in1k_linear" and row["hardware"]
     t3 = read(tmp_path / "out", "table3_large_scale_linear")
-    assert (t3["source"] == "measured").sum() == 1
+    assert (t3["source"] == "measured").sum() == 0  # IN-1k pretraining is not Table 3's
+    assert len(read(tmp_path / "out", "other_measured")) == 0
     long = pd.read_csv(tmp_path / "out" / "all_results.csv", keep_default_na=False)
     assert 61.25 in set(long["value"])
+
+
+def test_rows_are_placed_by_the_data_and_architecture_they_record(tmp_path):
+    runs = tmp_path / "runs"
+    write_run(record("A", "scenes", "in1k_linear", {"top1": 30.0, "top5": 60.0}, "top1"), runs)
+    write_run(record("B", "IN-21k", "in1k_linear", {"top1": 70.0, "top5": 90.0}, "top1", 1024), runs)
+    write_run(record("C", "IN-1k", "ade20k_linear", {"mIoU": 20.0, "aAcc": 70.0}, "mIoU", 768), runs)
+    write_run(record("D", "IN-1k", "ade20k_linear", {"mIoU": 30.0, "aAcc": 75.0}, "mIoU", 1280, 14), runs)
+    write_run(record("E", "scenes", "in1k_knn", {"top1": 25.0, "top5": 50.0}, "top1"), runs)
+    write_tables(tmp_path / "out", runs)
+    measured = lambda stem: read(tmp_path / "out", stem).query("source == 'measured'").set_index("method")
+    assert list(measured("table1_in1k_linear_by_size").index) == []  # neither A (scenes) nor B (IN-21k)
+    assert list(measured("table3_large_scale_linear").index) == ["B"]
+    assert num(measured("table3_large_scale_linear").loc["B", "IN-1k linear top-1"]) == 70.0
+    assert list(measured("table2_vith14_dense_and_transfer").index) == ["D"]  # C is a ViT-B/16
+    other = measured("other_measured")
+    assert sorted(other.index) == ["A", "C", "E"]
+    assert num(other.loc["A", "IN-1k linear top-1"]) == 30.0 and num(other.loc["E", "IN-1k k-NN top-1"]) == 25.0
+    assert num(other.loc["C", "ADE20k linear mIoU"]) == 20.0 and other.loc["A", "ADE20k linear mIoU"] == ""
+    probes = measured("probes_measured")
+    assert num(probes.loc["A", "IN-1k linear top-1"]) == 30.0 and num(probes.loc["E", "IN-1k k-NN top-1"]) == 25.0
+
+
+def test_coco_metrics_without_a_value_are_empty_cells(tmp_path):
+    """COCOeval has no APm when the val set has no medium object: the run records None."""
+    metrics = {"bbox_AP": 12.5, "bbox_APm": None, "segm_AP": 10.0, "segm_APm": None}
+    write_run(record("TC-JEPA", "CC27M", "coco_det", metrics, "bbox_AP"), tmp_path / "runs")
+    write_run(record("mm", "CC27M", "coco_det", {"bbox_mAP": 7.0, "segm_mAP": None}, "bbox_mAP"), tmp_path / "runs")
+    write_tables(tmp_path / "out", tmp_path / "runs")
+    t4 = read(tmp_path / "out", "table4_image_text_pretraining").query("source == 'measured'").set_index("method")
+    assert num(t4.loc["TC-JEPA", "COCO box AP"]) == 12.5 and num(t4.loc["TC-JEPA", "COCO mask AP"]) == 10.0
+    assert t4.loc["TC-JEPA", "IN-1k linear top-1"] == ""
+    assert num(t4.loc["mm", "COCO box AP"]) == 7.0 and t4.loc["mm", "COCO mask AP"] == ""
+    assert "| TC-JEPA | ViT-B/16 | CC27M | measured |  | 12.5 | 10.0 |" in \
+        (tmp_path / "out" / "table4_image_text_pretraining.md").read_text()

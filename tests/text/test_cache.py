@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from tcjepa.text import cli
-from tcjepa.text.cache import TextFeatureCache, build_text_cache, caption_fingerprint
+from tcjepa.text.cache import TextFeatureCache, caption_fingerprint
+from tcjepa.text.cache_build import build_text_cache
 from tcjepa.text.encoder import FrozenTextEncoder, sanitize_caption
 
 COLORS = ["red", "green", "blue", "yellow"]
@@ -107,7 +108,7 @@ def test_encode_pad_to_max_zero_pads_the_longest_length_result(tiny_bert):
 
 
 def test_build_threads_policy():
-    from tcjepa.text.cache import _build_threads
+    from tcjepa.text.cache_build import _build_threads
 
     assert _build_threads(current=2, cpus=2, load=0.1) == 2  # idle: every core
     assert _build_threads(current=2, cpus=2, load=3.9) == 1  # busy: spinning threads only wait

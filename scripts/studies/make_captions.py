@@ -1,6 +1,6 @@
 """The pilot's captions: the embedded scenes' captions without absolute position words.
 
-    python results/captions-without-positions-pilot/make_captions.py data/scenes
+    python scripts/studies/make_captions.py data/scenes
 
 writes <data>/captions_nopos.jsonl, its shuffled control captions_nopos_shuffled.jsonl (the
 demo's derangement), and their word-feature caches under <data>/text_cache/. The images are
@@ -20,7 +20,7 @@ import numpy as np
 
 from evals.demo import caption_derangement, ensure_text_cache
 from tcjepa.config import load_config
-from tcjepa.data import scenes
+from tcjepa.data import scene_captions, scenes
 
 POSITIONS = ("in the top left", "at the top", "in the top right", "on the left", "in the center",
              "on the right", "in the bottom left", "at the bottom", "in the bottom right")
@@ -49,16 +49,16 @@ def deranged(lines: list[dict]) -> list[dict]:
     return [{"image": a["image"], "captions": lines[j]["captions"]} for a, j in zip(lines, perm)]
 
 
-_single_views = scenes._single_views
+_single_views = scene_captions._single_views
 
 if __name__ == "__main__":
     data = Path(sys.argv[1])
     count = json.loads((data / "scenes.json").read_text())["captions_per_image"]
-    scenes._single_views = views_without_position
+    scene_captions._single_views = views_without_position
     with open(data / "scenes_train.jsonl") as f:
         lines = [{"image": r["image"], "captions": captions_without_positions(r, i, count)}
                  for i, r in enumerate(map(json.loads, f))]
-    scenes._single_views = _single_views
+    scene_captions._single_views = _single_views
     cfg = load_config("configs/cpu/scenes_tcjepa.yaml")
     for name, rows in (("captions_nopos.jsonl", lines), ("captions_nopos_shuffled.jsonl", deranged(lines))):
         (data / name).write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -1,9 +1,9 @@
 """Edit the encoder's Adam state in a checkpoint: take it from another run, or scale it.
 
-    python results/optimizer-state-pilot/swap_adam_state.py swap <into run>/checkpoint-00000012.pt \
+    python scripts/studies/swap_adam_state.py swap <into run>/checkpoint-00000012.pt \
         <from run>/checkpoint-00000012.pt [--moments exp_avg,exp_avg_sq]
-    python results/optimizer-state-pilot/swap_adam_state.py scale <run>/checkpoint-00000012.pt 2500
-    python results/optimizer-state-pilot/swap_adam_state.py compare <run a>/checkpoint-00000012.pt \
+    python scripts/studies/swap_adam_state.py scale <run>/checkpoint-00000012.pt 2500
+    python scripts/studies/swap_adam_state.py compare <run a>/checkpoint-00000012.pt \
         <run b>/checkpoint-00000012.pt
 
 ``swap`` replaces the named moments (default both) of every encoder tensor by the other run's
