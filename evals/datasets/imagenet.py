@@ -53,6 +53,16 @@ def class_names(root: Path) -> list[str]:
     return classes
 
 
+def open_rgb(path: Path) -> Image.Image:
+    """The image at ``path`` in RGB; a file PIL cannot read is a DatasetLayoutError naming it."""
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for truncated / non-image files
+        raise DatasetLayoutError(f"{path}: not a readable image ({type(e).__name__}: {e}); "
+                                 f"replace or remove the file") from None
+
+
 class ImageNetFolder(torch.utils.data.Dataset):
     """(image tensor, label) pairs of one split; ``transform`` maps a PIL image to a tensor."""
 
@@ -89,12 +99,7 @@ class ImageNetFolder(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         path, label = self.samples[i]
-        try:
-            with Image.open(path) as im:
-                image = im.convert("RGB")
-        except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for truncated / non-image files
-            raise DatasetLayoutError(f"{path}: not a readable image ({type(e).__name__}: {e}); "
-                                     f"replace or remove the file") from None
+        image = open_rgb(path)
         return (self.transform(image) if self.transform else image), label
 
     @property

@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
-from PIL import Image
 
-from evals.datasets.imagenet import DatasetLayoutError
+from evals.datasets.imagenet import DatasetLayoutError, open_rgb
 
 SPLITS = ("train", "val")
 
@@ -89,11 +88,7 @@ class INat2018(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         path, label = self.samples[i]
-        try:
-            with Image.open(path) as im:
-                image = im.convert("RGB")
-        except OSError as e:
-            raise DatasetLayoutError(f"{path}: not a readable image ({e})") from None
+        image = open_rgb(path)
         return (self.transform(image) if self.transform else image), label
 
     @property
