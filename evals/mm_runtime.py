@@ -109,12 +109,15 @@ def runner_defaults(work_dir: str, iters: int, seed: int, log_interval: int, sav
     ``checkpoint_every`` iterations (default: only the last) that ``resume`` continues from,
     and the launcher of the current torchrun world."""
     every = min(checkpoint_every or iters, iters)
+    # mmengine's CheckpointHook deletes the oldest kept checkpoint before it writes the new one
+    # and updates `last_checkpoint` only after: with one kept, a kill during a save leaves the
+    # pointer naming a deleted file. Keeping two means the file the pointer names always exists.
     hooks = dict(
         timer=dict(type="IterTimerHook"),
         logger=dict(type="LoggerHook", interval=max(log_interval, 1), log_metric_by_epoch=False),
         param_scheduler=dict(type="ParamSchedulerHook"),
         sampler_seed=dict(type="DistSamplerSeedHook"),
-        checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=every, max_keep_ckpts=1,
+        checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=every, max_keep_ckpts=2,
                         save_last=True) if save_checkpoint else None,
     )
     return dict(

@@ -48,12 +48,16 @@ def test_killed_mmseg_training_resumes_from_its_last_checkpoint(ade_tree, tmp_pa
                           env=subprocess_env(), check=True, capture_output=True, text=True, timeout=600)
     assert "resumed" in (done.stdout + done.stderr).lower()
     assert (tmp_path / "last_checkpoint").read_text().strip().endswith("iter_60.pth")
+    # mmengine deletes the oldest kept checkpoint before writing the next: two are kept so a kill
+    # mid-save never leaves `last_checkpoint` naming a deleted file
+    assert sorted(p.name for p in tmp_path.glob("iter_*.pth")) == ["iter_58.pth", "iter_60.pth"]
     assert json.loads((tmp_path / "driver.json").read_text())["metrics"]
 
 
 def test_ade20k_upernet_finetuning_trains_the_backbone_and_reaches_table2(ade_tree, tiny_backbone, tmp_path):
     from evals.cli import main
     from evals.segmentation.upernet_finetune import TrainableBackbone, spread_blocks
+    from evals.results import read_runs
     from evals.tables import write_tables
 
     assert spread_blocks(12) == [2, 5, 8, 11] and spread_blocks(24) == [5, 11, 17, 23] and spread_blocks(2) == [0, 0, 0, 1]
@@ -67,7 +71,13 @@ def test_ade20k_upernet_finetuning_trains_the_backbone_and_reaches_table2(ade_tr
             "--crop-size", "32", "--decode-channels", "16", "--device", "cpu", "--out", str(tmp_path / "runs"),
             "--pretraining-data", "IN-1k"]
     assert main(argv) == 0
+    write_tables(tmp_path / "tables", tmp_path / "runs")
+    other = next((tmp_path / "tables").glob("other_*.md")).read_text()  # a tiny ViT is no paper table's arch
+    assert "ADE20k fine-tuned mIoU" in other and "| measured |" in other
+    record = json.loads((tmp_path / "runs" / "ade20k_ft_metrics.json").read_text())
+    for run in read_runs(tmp_path / "runs"):  # the same numbers, recorded as Table 2's ViT-H/14, land there
+        path = Path(run.pop("path"))
+        path.write_text(json.dumps({**run, "arch": "ViT-H/14"}))
     table2 = write_tables(tmp_path / "tables", tmp_path / "runs")[1].with_suffix(".md").read_text()
     assert "ADE20k fine-tuned mIoU" in table2 and "| measured |" in table2
-    record = json.loads((tmp_path / "runs" / "ade20k_ft_metrics.json").read_text())
     assert record["protocol"]["trained"] == "backbone + head" and record["protocol"]["engine"] == "mmseg"
