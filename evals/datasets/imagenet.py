@@ -63,7 +63,26 @@ def open_rgb(path: Path) -> Image.Image:
                                  f"replace or remove the file") from None
 
 
-class ImageNetFolder(torch.utils.data.Dataset):
+class ImageFiles(torch.utils.data.Dataset):
+    """Labelled image files: subclasses fill ``samples`` ((path, label) pairs) and ``transform``."""
+
+    samples: list[tuple[Path, int]]
+    transform: Optional[Callable]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        path, label = self.samples[i]
+        image = open_rgb(path)
+        return (self.transform(image) if self.transform else image), label
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return torch.tensor([label for _, label in self.samples], dtype=torch.long)
+
+
+class ImageNetFolder(ImageFiles):
     """(image tensor, label) pairs of one split; ``transform`` maps a PIL image to a tensor."""
 
     def __init__(self, root: str | Path, split: str, transform: Optional[Callable] = None):
@@ -93,18 +112,6 @@ class ImageNetFolder(torch.utils.data.Dataset):
         if not self.samples:
             raise DatasetLayoutError(f"{split_dir}: no images ({'/'.join(IMAGE_SUFFIXES)}) in its class folders")
         self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int):
-        path, label = self.samples[i]
-        image = open_rgb(path)
-        return (self.transform(image) if self.transform else image), label
-
-    @property
-    def labels(self) -> torch.Tensor:
-        return torch.tensor([label for _, label in self.samples], dtype=torch.long)
 
     def fingerprint(self) -> str:
         """Identifies the exact file list, classes and sizes: part of the feature-cache key."""

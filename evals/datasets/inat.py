@@ -17,9 +17,7 @@ import json
 from pathlib import Path
 from typing import Callable, Optional
 
-import torch
-
-from evals.datasets.imagenet import DatasetLayoutError, open_rgb
+from evals.datasets.imagenet import DatasetLayoutError, ImageFiles
 
 SPLITS = ("train", "val")
 
@@ -45,7 +43,7 @@ def read_categories(root: Path) -> list[dict]:
     return sorted(categories, key=lambda c: c["id"])
 
 
-class INat2018(torch.utils.data.Dataset):
+class INat2018(ImageFiles):
     """(image, label) pairs of one split; ``transform`` maps a PIL image to a tensor."""
 
     def __init__(self, root: str | Path, split: str, transform: Optional[Callable] = None):
@@ -82,18 +80,6 @@ class INat2018(torch.utils.data.Dataset):
                                          f"{problem}")
             samples.append((self.root / image["file_name"], index_of[category]))
         return samples
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int):
-        path, label = self.samples[i]
-        image = open_rgb(path)
-        return (self.transform(image) if self.transform else image), label
-
-    @property
-    def labels(self) -> torch.Tensor:
-        return torch.tensor([label for _, label in self.samples], dtype=torch.long)
 
     def fingerprint(self) -> str:
         h = hashlib.sha256(self.ann_file.read_bytes())
