@@ -9,6 +9,7 @@ output for SigLIP); ``--features`` names others, ``all`` sweeps every one that a
 from __future__ import annotations
 
 import argparse
+from typing import NamedTuple, Optional
 
 from evals.command_helpers import backbone_from_args, backbone_info, method_name, positive_int, write_record
 
@@ -113,46 +114,66 @@ def record_result(args, spec, backbone, task: str, result: dict, data: dict, fea
                             protocol=protocol), curves=result.get("curves"))
 
 
-def cmd_linear(args) -> int:
+class PooledFeatures(NamedTuple):
+    """What the linear and k-NN probes start from: both splits' pooled features, extracted once."""
+
+    spec: object
+    backbone: object
+    info: dict
+    feature_sets: list[str]
+    train: object
+    val: object
+    data: dict
+    prefix: str
+
+    def record(self, args, task: str, result: dict) -> None:
+        features = features_record(self.info, args.features, self.feature_sets, result["selected"]["features"])
+        record_result(args, self.spec, self.backbone, task, result, self.data, features)
+
+
+def pooled_features(args) -> Optional[PooledFeatures]:
+    """Extracts on every rank; None on all but the main one, which trains the probes."""
     from evals.feature_protocols import resolve_features
-    from evals.linear import linear_probe, logreg_probe
 
     world, spec, backbone = prepared_backbone(args)
     info = backbone.protocol_info()
     feature_sets = resolve_features(args.features, info)
     f_train, f_val, data, prefix = extract_splits(args, backbone, world)
     if not world.is_main:
+        return None
+    return PooledFeatures(spec, backbone, info, feature_sets, f_train, f_val, data, prefix)
+
+
+def cmd_linear(args) -> int:
+    from evals.linear import linear_probe, logreg_probe
+
+    f = pooled_features(args)
+    if f is None:
         return 0
-    common = dict(feature_sets=feature_sets, selection=args.selection, holdout_fraction=args.holdout_fraction,
+    common = dict(feature_sets=f.feature_sets, selection=args.selection, holdout_fraction=args.holdout_fraction,
                   seed=args.seed)
     results = []
     if args.protocol in ("linear", "both"):
-        results.append((f"{prefix}_linear", linear_probe(
-            f_train, f_val, lrs=args.lrs, epochs=args.epochs, batch_size=args.probe_batch_size,
+        results.append((f"{f.prefix}_linear", linear_probe(
+            f.train, f.val, lrs=args.lrs, epochs=args.epochs, batch_size=args.probe_batch_size,
             optimizer=args.optimizer, weight_decay=args.weight_decay, device=args.device, **common)))
     if args.protocol in ("logreg", "both"):
-        results.append((f"{prefix}_logreg", logreg_probe(f_train, f_val, **common)))
+        results.append((f"{f.prefix}_logreg", logreg_probe(f.train, f.val, **common)))
     for task, result in results:
-        features = features_record(info, args.features, feature_sets, result["selected"]["features"])
-        record_result(args, spec, backbone, task, result, data, features)
+        f.record(args, task, result)
     return 0
 
 
 def cmd_knn(args) -> int:
-    from evals.feature_protocols import resolve_features
     from evals.knn import knn_probe
 
-    world, spec, backbone = prepared_backbone(args)
-    info = backbone.protocol_info()
-    feature_sets = resolve_features(args.features, info)
-    f_train, f_val, data, prefix = extract_splits(args, backbone, world)
-    if not world.is_main:
+    f = pooled_features(args)
+    if f is None:
         return 0
-    result = knn_probe(f_train, f_val, feature_sets, ks=args.ks, temperature=args.temperature,
+    result = knn_probe(f.train, f.val, f.feature_sets, ks=args.ks, temperature=args.temperature,
                        selection=args.selection, holdout_fraction=args.holdout_fraction, seed=args.seed,
                        device=args.device)
-    features = features_record(info, args.features, feature_sets, result["selected"]["features"])
-    record_result(args, spec, backbone, f"{prefix}_knn", result, data, features)
+    f.record(args, f"{f.prefix}_knn", result)
     return 0
 
 
