@@ -27,6 +27,16 @@ _MASK_STREAM = 3  # keeps mask seeds apart from the dataset (1) and sampler (2) 
 TextLookup = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
+def infeasible_mask_config(cfg: MaskConfig, grid: tuple[int, int], context_block: tuple[int, int],
+                           target_block: tuple[int, int]) -> ConfigError:
+    """The error of a mask config whose context keeps too few patches after every redraw."""
+    return ConfigError(
+        f"mask config keeps fewer than mask.min_keep={cfg.min_keep} context patches after "
+        f"{_MAX_REDRAWS} draws on a {grid[0]}x{grid[1]} grid (context block {context_block[0]}x{context_block[1]}, "
+        f"{cfg.num_targets} target blocks {target_block[0]}x{target_block[1]}); "
+        "lower min_keep, num_targets or target_scale")
+
+
 class MultiBlockMaskCollator:
     """Collate samples into the pretraining batch and draw its context / target masks.
 
@@ -99,10 +109,7 @@ class MultiBlockMaskCollator:
             if len(todo) == 0:
                 break
         else:
-            raise ConfigError(
-                f"mask config keeps fewer than mask.min_keep={cfg.min_keep} context patches after "
-                f"{_MAX_REDRAWS} draws on a {h}x{w} grid (context block {c_rows}x{c_cols}, "
-                f"{cfg.num_targets} target blocks {t_rows}x{t_cols}); lower min_keep, num_targets or target_scale")
+            raise infeasible_mask_config(cfg, (h, w), (c_rows, c_cols), (t_rows, t_cols))
         context = context.reshape(batch_size, h * w)
         counts = context.sum(1)
         block = (np.arange(t_rows)[:, None] * w + np.arange(t_cols)[None, :]).ravel()

@@ -16,8 +16,8 @@ import math
 
 import torch
 
-from tcjepa.config import ConfigError, MaskConfig
-from tcjepa.data.masks import _MAX_REDRAWS, MultiBlockMaskCollator
+from tcjepa.config import MaskConfig
+from tcjepa.data.masks import _MAX_REDRAWS, MultiBlockMaskCollator, infeasible_mask_config
 
 
 class MaskGenerator:
@@ -84,10 +84,7 @@ class DeviceMaskSampler:
                 break
             todo = todo[short]
         else:
-            raise ConfigError(
-                f"mask config keeps fewer than mask.min_keep={cfg.min_keep} context patches after "
-                f"{_MAX_REDRAWS} draws on a {h}x{w} grid (context block {c_rows}x{c_cols}, {M} target "
-                f"blocks {t_rows}x{t_cols}); lower min_keep, num_targets or target_scale")
+            raise infeasible_mask_config(cfg, (h, w), (c_rows, c_cols), (t_rows, t_cols))
         context = context.reshape(batch_size, h * w)
         counts = context.sum(1)
         block = (torch.arange(t_rows, device=self.device)[:, None] * w
