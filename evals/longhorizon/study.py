@@ -39,14 +39,14 @@ def set_threads(requested: int, device: str, processes: int = 1) -> None:
     ``processes`` workers, their share of the host's cores."""
     import torch
 
-    from tcjepa.text.cache import _build_threads
+    from tcjepa.device import fit_threads_to_idle_cores
 
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if requested:
         torch.set_num_threads(requested)
-    elif device == "cpu" and hasattr(os, "getloadavg"):
-        torch.set_num_threads(_build_threads(torch.get_num_threads(), cpus, os.getloadavg()[0]))
-    elif device != "cpu":
+    elif device == "cpu":
+        fit_threads_to_idle_cores()
+    else:
         torch.set_num_threads(max(1, cpus // processes))
 
 

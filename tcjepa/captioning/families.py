@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import torch
 
 from tcjepa.data.errors import DataError
+from tcjepa.device import fit_threads_to_idle_cores
 
 PROMPT_KIND = {"blip": "prefix", "git": "prefix", "blip-2": "instruction", "chat": "instruction"}
 
@@ -164,17 +165,7 @@ def load_captioner(path: str | Path, device: str = "auto") -> Captioner:
     except (OSError, ValueError) as e:
         raise DataError(f"{path}: cannot load the model weights ({' '.join(str(e).split())[:200]})") from None
     if dev.type == "cpu":
-        _fit_threads_to_idle_cores()
+        fit_threads_to_idle_cores()
     return Captioner(family, config.model_type, path, model.eval().to(dev), processor, dev, dtype)
 
 
-def _fit_threads_to_idle_cores() -> None:
-    # On a busy machine extra OpenMP threads spin at barriers: with 2 threads at load 9 on 2
-    # cores a tiny BLIP took 5x the CPU time it took with 1 (as the text cache measured).
-    import os
-
-    from tcjepa.text.cache_build import _build_threads
-
-    if hasattr(os, "getloadavg"):
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        torch.set_num_threads(_build_threads(torch.get_num_threads(), cpus, os.getloadavg()[0]))

@@ -28,19 +28,10 @@ from .cache import (
     _write_meta,
     caption_fingerprint,
 )
+from ..device import idle_core_threads
 from .encoder import FrozenTextEncoder, sanitize_captions
 
 logger = logging.getLogger("tcjepa.text.cache")
-
-
-def _build_threads(current: int, cpus: int, load: float) -> int:
-    """Intra-op threads for a CPU build: the idle cores, at least 1, at most torch's setting.
-
-    On a busy machine extra OpenMP threads mostly spin at barriers waiting for descheduled
-    siblings: on a 2-core machine at load 4, 1 thread encoded ~1.5x faster than 2 (and the
-    bytes are the same for any thread count).
-    """
-    return max(1, min(current, int(round(cpus - load))))
 
 
 def _encode_group(encoder: FrozenTextEncoder, texts: list[str]) -> torch.Tensor:
@@ -193,7 +184,7 @@ def build_text_cache(
     threads = torch.get_num_threads()
     if encoder.device.type == "cpu" and hasattr(os, "getloadavg"):
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        torch.set_num_threads(_build_threads(threads, cpus, os.getloadavg()[0]))
+        torch.set_num_threads(idle_core_threads(threads, cpus, os.getloadavg()[0]))
     try:
         with torch.inference_mode():
             for lo in range(start, unique, batch_size):

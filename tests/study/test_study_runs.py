@@ -109,3 +109,21 @@ def test_gap_check_passes_fails_and_waits(tmp_path):
     code, message = gap_check(tmp_path, 250)
     assert code == 3 and "0.15%" in message
     assert gap_check(tmp_path, 250, threshold=0.001)[0] == 0
+
+
+def test_set_threads_every_branch():
+    # The CLI sets threads before any run; an import error here stopped `run` and `speed`.
+    import torch
+
+    from evals.longhorizon.study import set_threads
+
+    before = torch.get_num_threads()
+    try:
+        set_threads(1, "cpu")
+        assert torch.get_num_threads() == 1
+        set_threads(0, "cpu")
+        assert 1 <= torch.get_num_threads() <= max(1, before)
+        set_threads(0, "cuda", processes=64)
+        assert torch.get_num_threads() >= 1
+    finally:
+        torch.set_num_threads(before)

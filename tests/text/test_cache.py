@@ -108,12 +108,12 @@ def test_encode_pad_to_max_zero_pads_the_longest_length_result(tiny_bert):
 
 
 def test_build_threads_policy():
-    from tcjepa.text.cache_build import _build_threads
+    from tcjepa.device import idle_core_threads
 
-    assert _build_threads(current=2, cpus=2, load=0.1) == 2  # idle: every core
-    assert _build_threads(current=2, cpus=2, load=3.9) == 1  # busy: spinning threads only wait
-    assert _build_threads(current=8, cpus=16, load=10.0) == 6
-    assert _build_threads(current=1, cpus=16, load=0.0) == 1  # never more than torch was given
+    assert idle_core_threads(current=2, cpus=2, load=0.1) == 2  # idle: every core
+    assert idle_core_threads(current=2, cpus=2, load=3.9) == 1  # busy: spinning threads only wait
+    assert idle_core_threads(current=8, cpus=16, load=10.0) == 6
+    assert idle_core_threads(current=1, cpus=16, load=0.0) == 1  # never more than torch was given
 
 
 def test_resume_refuses_other_captions_or_encoder(tiny_bert, tiny_t5_dir, tmp_path):
