@@ -127,3 +127,16 @@ def test_set_threads_every_branch():
         assert torch.get_num_threads() >= 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_verdict_says_whether_pretraining_pays():
+    from evals.longhorizon.report import regime_line
+
+    def lead(probe, miou, step=1000):
+        return [{"step": step, "a": "ijepa", "b": "untrained", "task": t, "difference": d, "seeds": 3}
+                for t, d in (("probe_top1", probe), ("seg_miou", miou))]
+
+    assert "does not yet pay" in regime_line(lead(9.9, 5.0), 1000)
+    assert "does not yet pay" in regime_line(lead(12.0, 1.9), 1000)
+    assert "pays here" in regime_line(lead(10.0, 2.0), 1000) and "not" not in regime_line(lead(10.0, 2.0), 1000)
+    assert "no I-JEPA" in regime_line(lead(12.0, 3.0, step=500), 1000)
