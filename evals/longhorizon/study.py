@@ -29,7 +29,7 @@ def log(msg: str) -> None:
 def _settings(args) -> StudySettings:
     steps = tuple(args.eval_steps) if args.eval_steps else default_eval_steps(args.budget)
     return StudySettings(budget=args.budget, eval_steps=steps, batch_size=args.batch_size,
-                         image_size=args.image_size)
+                         image_size=args.image_size, ema=tuple(args.ema), extra_overrides=tuple(args.set))
 
 
 def set_threads(requested: int, device: str, processes: int = 1) -> None:
@@ -118,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--image-size", type=int, default=64)
         s.add_argument("--device", default="cpu")
         s.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default; on a CPU, its idle cores)")
+        # Not the protocol's grid: for diagnostic grids in their own --work folder (the plan
+        # there records them, so a later launch must ask for the same).
+        s.add_argument("--ema", type=float, nargs=2, default=list(StudySettings.ema), metavar=("START", "END"),
+                       help="target-encoder EMA momentum, linear from START to END over the budget (protocol: 0.98 1.0)")
+        s.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                       help="extra pretraining-config overrides for every run (protocol: none), e.g. model.encoder=vit_tiny")
     run = sub.choices["run"]
     run.add_argument("--workers", type=int, default=1, help="processes sharing the device, runs dealt round-robin")
     run.add_argument("--shard", default="0/1", help=argparse.SUPPRESS)

@@ -140,3 +140,18 @@ def test_the_verdict_says_whether_pretraining_pays():
     assert "does not yet pay" in regime_line(lead(12.0, 1.9), 1000)
     assert "pays here" in regime_line(lead(10.0, 2.0), 1000) and "not" not in regime_line(lead(10.0, 2.0), 1000)
     assert "no I-JEPA" in regime_line(lead(12.0, 3.0, step=500), 1000)
+
+
+def test_a_diagnostic_grid_reaches_the_run_config(tmp_path):
+    # --ema and --set change every run of a diagnostic grid; the protocol grid's defaults stay.
+    from evals.longhorizon.study import _settings, build_parser
+    from tcjepa.config import ConfigError
+    from tcjepa.study.variants import run_config
+
+    parse = lambda *extra: _settings(build_parser().parse_args(["run", "--work", str(tmp_path), *extra]))  # noqa: E731
+    assert parse() == StudySettings(budget=1000, eval_steps=parse().eval_steps)
+    settings = parse("--ema", "0.996", "0.996", "--set", "optim.lr=0.002")
+    cfg = run_config(VARIANTS["ijepa"], settings, 0, tmp_path)
+    assert tuple(cfg.optim.ema) == (0.996, 0.996) and cfg.optim.lr == 0.002
+    with pytest.raises(ConfigError, match="no_such_key"):
+        run_config(VARIANTS["ijepa"], parse("--set", "optim.no_such_key=1"), 0, tmp_path)
