@@ -121,9 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
         # Not the protocol's grid: for diagnostic grids in their own --work folder (the plan
         # there records them, so a later launch must ask for the same).
         s.add_argument("--ema", type=float, nargs=2, default=list(StudySettings.ema), metavar=("START", "END"),
-                       help="target-encoder EMA momentum, linear from START to END over the budget (protocol: 0.98 1.0)")
+                       help="target-encoder EMA momentum, linear from START to END over the budget (default, the protocol's: 0.98 1.0)")
         s.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                       help="extra pretraining-config overrides for every run (protocol: none), e.g. model.encoder=vit_tiny")
+                       help="extra pretraining-config overrides for every run (default, the protocol's: none), e.g. optim.lr=0.002")
     run = sub.choices["run"]
     run.add_argument("--workers", type=int, default=1, help="processes sharing the device, runs dealt round-robin")
     run.add_argument("--shard", default="0/1", help=argparse.SUPPRESS)
