@@ -7,7 +7,7 @@
 #   2. scripts/studies/long_horizon_gpu.sh with what is left: the fast path's GPU steps/s, the
 #      2000-step grid smallest cells first -> results/studies/long-horizon/gpu/
 #   bash scripts/gpu_session.sh
-#   BUDGET_S=1100 TC_SHARE_S=520 bash scripts/gpu_session.sh     (a longer lease: all of run_gpu.sh's first block)
+#   BUDGET_S=1100 TC_SHARE_S=560 bash scripts/gpu_session.sh     (a longer lease: all of run_gpu.sh's first block)
 # Both parts write each row as it finishes, so a call cut short keeps what it measured.
 set -uo pipefail
 cd "$(dirname "$0")/.."
