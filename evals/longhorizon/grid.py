@@ -19,7 +19,7 @@ import platform
 import shlex
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 from typing import Optional
 
@@ -69,6 +69,8 @@ def write_plan(work: Path, settings: StudySettings, seeds: list[int], variants: 
     path = work / "plan.json"
     if path.is_file():
         old = json.loads(path.read_text())
+        # A setting added after a grid started is read at its default (what that grid ran with).
+        old["settings"] = {**_setting_defaults(), **old["settings"]}
         if old["settings"] != json.loads(json.dumps(plan["settings"])):
             raise SystemExit(f"{path}: this grid was started with other settings ({old['settings']}); "
                              f"use another --work folder")
@@ -76,6 +78,16 @@ def write_plan(work: Path, settings: StudySettings, seeds: list[int], variants: 
         plan["variants"] = list(dict.fromkeys([*old["variants"], *variants]))
     work.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(plan, indent=1) + "\n")
+
+
+def _setting_defaults() -> dict:
+    found = {}
+    for f in fields(StudySettings):
+        if f.default is not MISSING:
+            found[f.name] = f.default
+        elif f.default_factory is not MISSING:
+            found[f.name] = f.default_factory()
+    return json.loads(json.dumps(found))
 
 
 class Grid:
@@ -105,7 +117,7 @@ class Grid:
         if self._heldout is None:
             s = self.settings
             self._heldout = heldout_set(s.data_seed, self.heldout_count, s.image_size, s.num_captions,
-                                        device=self.device)
+                                        device=self.device, radii=s.object_radii)
         return self._heldout
 
     def bank(self) -> TextBank:

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from tcjepa.study.device_scenes import RADII
 from tcjepa.study.variants import VARIANTS, StudySettings, default_eval_steps
 
 GRID_VARIANTS = ("ijepa", "tc_paper", "tc_shuffled", "tc_centered", "tc_centered_shuffled", "ijepa_adam2500")
@@ -29,7 +30,8 @@ def log(msg: str) -> None:
 def _settings(args) -> StudySettings:
     steps = tuple(args.eval_steps) if args.eval_steps else default_eval_steps(args.budget)
     return StudySettings(budget=args.budget, eval_steps=steps, batch_size=args.batch_size,
-                         image_size=args.image_size, ema=tuple(args.ema), extra_overrides=tuple(args.set))
+                         image_size=args.image_size, ema=tuple(args.ema), extra_overrides=tuple(args.set),
+                         object_radii=(tuple(args.radii[:2]), tuple(args.radii[2:])))
 
 
 def set_threads(requested: int, device: str, processes: int = 1) -> None:
@@ -124,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="target-encoder EMA momentum, linear from START to END over the budget (default, the protocol's: 0.98 1.0)")
         s.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                        help="extra pretraining-config overrides for every run (default, the protocol's: none), e.g. optim.lr=0.002")
+        s.add_argument("--radii", type=float, nargs=4, default=[*RADII[0], *RADII[1]],
+                       metavar=("SMALL_LO", "SMALL_HI", "LARGE_LO", "LARGE_HI"),
+                       help="object radii of training and held-out scenes, fractions of the image side "
+                            "(default, the protocol's: %(default)s; the embedded demo family's: 0.16 0.2 0.25 0.3)")
     run = sub.choices["run"]
     run.add_argument("--workers", type=int, default=1, help="processes sharing the device, runs dealt round-robin")
     run.add_argument("--shard", default="0/1", help=argparse.SUPPRESS)

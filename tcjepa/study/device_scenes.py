@@ -31,6 +31,8 @@ MAX_OBJECTS = 4
 STREAMS = {"train": 0, "heldout": 1}
 SMALL_RADIUS = (0.13, 0.17)  # fractions of the image side
 LARGE_RADIUS = (0.2, 0.25)
+RADII = (SMALL_RADIUS, LARGE_RADIUS)  # the protocol's; a diagnostic grid may ask for others
+Radii = tuple[tuple[float, float], tuple[float, float]]
 JITTER = 0.35  # centre offset within its cell, as a fraction of half a cell
 _COLOUR_TABLE = torch.tensor(list(COLOURS.values()), dtype=torch.float32)  # (6, 3) 0-255
 _PATCHY_CELLS = 4
@@ -99,8 +101,10 @@ def _hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tens
     return table[torch.arange(len(h)), i]
 
 
-def draw_parameters(g: np.random.Generator, count: int, size: int, num_captions: int) -> dict[str, torch.Tensor]:
-    """Every random number of ``count`` scenes (CPU tensors), in a fixed order."""
+def draw_parameters(g: np.random.Generator, count: int, size: int, num_captions: int,
+                    radii: Radii = RADII) -> dict[str, torch.Tensor]:
+    """Every random number of ``count`` scenes (CPU tensors), in a fixed order; ``radii`` =
+    ((small lo, hi), (large lo, hi)) as fractions of the image side."""
     B, K = count, MAX_OBJECTS
     label = _randint(g, 0, 12, (B,))
     few = label % 2 == 0
@@ -111,7 +115,7 @@ def draw_parameters(g: np.random.Generator, count: int, size: int, num_captions:
     colour = _randint(g, 0, len(COLOURS), (B, K))
     colour_jitter = _randint(g, -15, 16, (B, K, 3))
     texture = _randint(g, 0, 3, (B, K))
-    small, large = _uniform(g, (B, K), *SMALL_RADIUS), _uniform(g, (B, K), *LARGE_RADIUS)
+    small, large = _uniform(g, (B, K), *radii[0]), _uniform(g, (B, K), *radii[1])
     is_large = torch.zeros(B, K, dtype=torch.bool)
     is_large[:, K - 1] = True
     radius = torch.where(is_large, large, small) * size
@@ -215,10 +219,11 @@ def _captions(p: dict, size: int) -> dict[str, torch.Tensor]:
 
 
 def render_block(data_seed: int, stream: str, block: int, count: int, size: int = 64, num_captions: int = 4,
-                 device: torch.device | str = "cpu") -> SceneBatch:
+                 device: torch.device | str = "cpu", radii: Radii = RADII) -> SceneBatch:
     """``count`` scenes of one block of a stream; the same arguments give the same scenes."""
     g = scene_generator(data_seed, stream, block)
-    return render(draw_parameters(g, count, size, num_captions), size, _check(size, num_captions, device))
+    return render(draw_parameters(g, count, size, num_captions, check_radii(radii)), size,
+                  _check(size, num_captions, device))
 
 
 def _check(size: int, num_captions: int, device):
@@ -229,16 +234,31 @@ def _check(size: int, num_captions: int, device):
     return device
 
 
+def check_radii(radii) -> Radii:
+    """((small lo, hi), (large lo, hi)) with 0 < lo <= hi <= 0.5 (an object must fit the image)."""
+    try:
+        (a, b), (c, d) = radii
+        pairs = ((float(a), float(b)), (float(c), float(d)))
+    except (TypeError, ValueError):
+        raise ValueError(f"object radii must be ((small lo, hi), (large lo, hi)), got {radii!r}") from None
+    for name, (lo, hi) in zip(("small", "large"), pairs):
+        if not 0 < lo <= hi <= 0.5:
+            raise ValueError(f"{name} object radii must satisfy 0 < lo <= hi <= 0.5 (fractions of the image "
+                             f"side), got {lo}, {hi}")
+    return pairs
+
+
 def training_batch(data_seed: int, run_seed: int, step: int, batch_size: int, size: int = 64,
-                   num_captions: int = 4, device: torch.device | str = "cpu") -> SceneBatch:
+                   num_captions: int = 4, device: torch.device | str = "cpu", radii: Radii = RADII) -> SceneBatch:
     """The fresh scenes of one training step: block = (run seed, step), never repeated."""
     g = scene_generator(data_seed, "train", run_seed, step)
-    return render(draw_parameters(g, batch_size, size, num_captions), size, _check(size, num_captions, device))
+    return render(draw_parameters(g, batch_size, size, num_captions, check_radii(radii)), size,
+                  _check(size, num_captions, device))
 
 
 def heldout_set(data_seed: int, count: int, size: int = 64, num_captions: int = 4, block_size: int = 500,
-                device: torch.device | str = "cpu") -> SceneBatch:
+                device: torch.device | str = "cpu", radii: Radii = RADII) -> SceneBatch:
     """The fixed held-out scenes: the first ``count`` of the held-out stream, in blocks."""
-    parts = [render_block(data_seed, "heldout", b, min(block_size, count - b * block_size), size, num_captions, device)
-             for b in range(math.ceil(count / block_size))]
+    parts = [render_block(data_seed, "heldout", b, min(block_size, count - b * block_size), size, num_captions,
+                          device, radii) for b in range(math.ceil(count / block_size))]
     return SceneBatch.cat(parts)

@@ -59,7 +59,8 @@ class StudyRun:
 
     def scenes(self, step: int) -> SceneBatch:
         s = self.settings
-        return training_batch(s.data_seed, self.seed, step, s.batch_size, s.image_size, s.num_captions, self.device)
+        return training_batch(s.data_seed, self.seed, step, s.batch_size, s.image_size, s.num_captions, self.device,
+                              s.object_radii)
 
     def batch(self, scenes: SceneBatch, mask_key: int, shuffled: Optional[bool] = None) -> JEPABatch:
         """The training batch of ``scenes``; masks seeded by (run seed, ``mask_key``)."""

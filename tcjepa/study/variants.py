@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from tcjepa.config import Config, ConfigError, load_config
+from tcjepa.study.device_scenes import RADII, Radii, check_radii
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "cpu"
 
@@ -54,6 +55,7 @@ class StudySettings:
     warmup_fraction: float = 0.05
     ema: tuple[float, float] = (0.98, 1.0)
     extra_overrides: tuple[str, ...] = field(default_factory=tuple)
+    object_radii: Radii = RADII  # of training and held-out scenes alike
 
     def __post_init__(self):
         if self.budget < 1:
@@ -61,6 +63,10 @@ class StudySettings:
         bad = [s for s in self.eval_steps if not 0 <= s <= self.budget]
         if bad:
             raise ConfigError(f"evaluation steps {bad} lie outside the run (0..{self.budget})")
+        try:
+            object.__setattr__(self, "object_radii", check_radii(self.object_radii))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
 
 def default_eval_steps(budget: int, count: int = 5) -> tuple[int, ...]:

@@ -88,3 +88,18 @@ def test_vocabulary_round_trips():
     assert len(set(vocab)) < VOCABULARY_SIZE  # templates without texture / colour repeat texts
     with pytest.raises(ValueError, match="out of range"):
         decode_caption_id(VOCABULARY_SIZE)
+
+
+def test_object_radii_change_only_the_sizes():
+    # A diagnostic grid's --radii: same scenes (labels, shapes, captions), larger objects.
+    from tcjepa.study.device_scenes import RADII
+
+    base = render_block(0, "train", 5, 64)
+    demo = render_block(0, "train", 5, 64, radii=((0.16, 0.2), (0.25, 0.3)))
+    assert torch.equal(base.labels, demo.labels) and torch.equal(base.caption_ids, demo.caption_ids)
+    main = lambda b: (b.instances == MAX_OBJECTS).sum((1, 2)).float()  # noqa: E731 - main object's pixels
+    assert bool((main(demo) > main(base)).all())
+    assert torch.equal(render_block(0, "train", 5, 64, radii=RADII).images, base.images)
+    for bad in [((0.2, 0.1), (0.2, 0.25)), ((0.1, 0.2), (0.2, 0.6)), ((0.1,), (0.2, 0.3))]:
+        with pytest.raises(ValueError, match="radii"):
+            training_batch(0, 0, 0, 2, radii=bad)

@@ -155,3 +155,25 @@ def test_a_diagnostic_grid_reaches_the_run_config(tmp_path):
     assert tuple(cfg.optim.ema) == (0.996, 0.996) and cfg.optim.lr == 0.002
     with pytest.raises(ConfigError, match="no_such_key"):
         run_config(VARIANTS["ijepa"], parse("--set", "optim.no_such_key=1"), 0, tmp_path)
+
+
+def test_radii_reach_the_settings_and_older_plans_still_match(tmp_path):
+    import json
+
+    from evals.longhorizon.grid import write_plan
+    from evals.longhorizon.study import _settings, build_parser
+    from tcjepa.config import ConfigError
+
+    parse = lambda *extra: _settings(build_parser().parse_args(["run", "--work", str(tmp_path), *extra]))  # noqa: E731
+    assert parse("--radii", "0.16", "0.2", "0.25", "0.3").object_radii == ((0.16, 0.2), (0.25, 0.3))
+    with pytest.raises(ConfigError, match="large object radii"):
+        parse("--radii", "0.1", "0.2", "0.3", "0.2")
+    # A plan written before the setting existed was run at its default.
+    write_plan(tmp_path, parse(), [0], ["ijepa"])
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    del plan["settings"]["object_radii"]
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    write_plan(tmp_path, parse(), [1], ["ijepa"])
+    assert json.loads((tmp_path / "plan.json").read_text())["seeds"] == [0, 1]
+    with pytest.raises(SystemExit, match="other settings"):
+        write_plan(tmp_path, parse("--radii", "0.16", "0.2", "0.25", "0.3"), [0], ["ijepa"])
