@@ -17,7 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-from tcjepa.study.device_scenes import RADII
 from tcjepa.study.variants import VARIANTS, StudySettings, default_eval_steps
 
 GRID_VARIANTS = ("ijepa", "tc_paper", "tc_shuffled", "tc_centered", "tc_centered_shuffled", "ijepa_adam2500")
@@ -126,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="target-encoder EMA momentum, linear from START to END over the budget (default, the protocol's: 0.98 1.0)")
         s.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                        help="extra pretraining-config overrides for every run (default, the protocol's: none), e.g. optim.lr=0.002")
-        s.add_argument("--radii", type=float, nargs=4, default=[*RADII[0], *RADII[1]],
+        s.add_argument("--radii", type=float, nargs=4, default=[*StudySettings.object_radii[0], *StudySettings.object_radii[1]],
                        metavar=("SMALL_LO", "SMALL_HI", "LARGE_LO", "LARGE_HI"),
                        help="object radii of training and held-out scenes, fractions of the image side "
                             "(default, the protocol's: %(default)s; the embedded demo family's: 0.16 0.2 0.25 0.3)")
