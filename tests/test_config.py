@@ -55,3 +55,12 @@ def test_bad_files(tmp_path):
     (tmp_path / "unknown.yaml").write_text("model: {encoderr: vit_base}\n")
     with pytest.raises(ConfigError, match=r"unknown.yaml.*encoderr"):
         load_config(tmp_path / "unknown.yaml")
+
+
+def test_exponent_floats_without_a_dot(tmp_path):
+    # PyYAML reads "1e-4" as a string (YAML 1.1); a number field takes it as the float it means.
+    (tmp_path / "a.yaml").write_text("optim: {lr: 1e-3}\n")
+    cfg = load_config(tmp_path / "a.yaml", ["optim.start_lr=2e-05", "optim.ema=[0.98, 1E0]"])
+    assert (cfg.optim.lr, cfg.optim.start_lr, cfg.optim.ema) == (1e-3, 2e-5, (0.98, 1.0))
+    with pytest.raises(ConfigError, match="expected a number"):
+        load_config(None, ["optim.lr=1e-4x"])
