@@ -31,7 +31,7 @@ from evals.results import git_state, hardware
 from tcjepa.study.device_scenes import heldout_set
 from tcjepa.study.text_bank import TextBank, build_text_bank
 from tcjepa.study.trainer import StudyRun
-from tcjepa.study.variants import VARIANTS, StudySettings
+from tcjepa.study.variants import VARIANTS, StudySettings, run_config
 
 FIELDS = ("variant", "seed", "step", "budget", "probe_top1", "seg_miou", "train_loss",
           "loss_true", "loss_shuffled", "text_gap", "text_gap_relative", "stated_share",
@@ -65,6 +65,10 @@ def append_row(path: Path, row: dict) -> None:
 
 def write_plan(work: Path, settings: StudySettings, seeds: list[int], variants: list[str]) -> None:
     """The grid's settings, fixed at its first launch: a later launch must ask for the same."""
+    # Every run's config must load before the settings are fixed: a bad --set caught only at
+    # the first run would leave a plan that every corrected relaunch refuses.
+    for name in variants:
+        run_config(VARIANTS[name], settings, seeds[0] if seeds else 0, work / "runs")
     plan = {"settings": asdict(settings), "seeds": seeds, "variants": variants}
     path = work / "plan.json"
     if path.is_file():

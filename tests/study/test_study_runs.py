@@ -177,3 +177,7 @@ def test_radii_reach_the_settings_and_older_plans_still_match(tmp_path):
     assert json.loads((tmp_path / "plan.json").read_text())["seeds"] == [0, 1]
     with pytest.raises(SystemExit, match="other settings"):
         write_plan(tmp_path, parse("--radii", "0.16", "0.2", "0.25", "0.3"), [0], ["ijepa"])
+    # A bad override is refused before it is fixed in a new plan.
+    with pytest.raises(ConfigError, match="no_such_key"):
+        write_plan(tmp_path / "other", parse("--set", "optim.no_such_key=1"), [0], ["ijepa"])
+    assert not (tmp_path / "other").exists()
