@@ -73,8 +73,8 @@ def write_plan(work: Path, settings: StudySettings, seeds: list[int], variants: 
     path = work / "plan.json"
     if path.is_file():
         old = json.loads(path.read_text())
-        # A setting added after a grid started is read at its default (what that grid ran with).
-        old["settings"] = {**_setting_defaults(), **old["settings"]}
+        # A setting added after a grid started is read at what that grid ran with.
+        old["settings"] = {**_setting_defaults(), **_BEFORE_THE_SETTING, **old["settings"]}
         if old["settings"] != json.loads(json.dumps(plan["settings"])):
             raise SystemExit(f"{path}: this grid was started with other settings ({old['settings']}); "
                              f"use another --work folder")
@@ -82,6 +82,11 @@ def write_plan(work: Path, settings: StudySettings, seeds: list[int], variants: 
         plan["variants"] = list(dict.fromkeys([*old["variants"], *variants]))
     work.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(plan, indent=1) + "\n")
+
+
+# Settings whose protocol value changed when they became settings: what a grid started before
+# ran with. Any other setting added later was its default all along.
+_BEFORE_THE_SETTING = {"lr": [0.0002, 0.001]}
 
 
 def _setting_defaults() -> dict:

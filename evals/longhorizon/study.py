@@ -29,7 +29,8 @@ def log(msg: str) -> None:
 def _settings(args) -> StudySettings:
     steps = tuple(args.eval_steps) if args.eval_steps else default_eval_steps(args.budget)
     return StudySettings(budget=args.budget, eval_steps=steps, batch_size=args.batch_size,
-                         image_size=args.image_size, ema=tuple(args.ema), extra_overrides=tuple(args.set),
+                         image_size=args.image_size, ema=tuple(args.ema), lr=tuple(args.lr),
+                         extra_overrides=tuple(args.set),
                          object_radii=(tuple(args.radii[:2]), tuple(args.radii[2:])))
 
 
@@ -123,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
         # there records them, so a later launch must ask for the same).
         s.add_argument("--ema", type=float, nargs=2, default=list(StudySettings.ema), metavar=("START", "END"),
                        help="target-encoder EMA momentum, linear from START to END over the budget (default, the protocol's: 0.98 1.0)")
+        s.add_argument("--lr", type=float, nargs=2, default=list(StudySettings.lr), metavar=("START", "PEAK"),
+                       help="lr warm-up from START to PEAK, then cosine to 1e-6 (default, the protocol's since "
+                            "its one change: %(default)s; the grid before it: 0.0002 0.001)")
         s.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                        help="extra pretraining-config overrides for every run (default, the protocol's: none), e.g. optim.lr=0.002")
         s.add_argument("--radii", type=float, nargs=4, default=[*StudySettings.object_radii[0], *StudySettings.object_radii[1]],

@@ -54,12 +54,17 @@ class StudySettings:
     data_seed: int = 0
     warmup_fraction: float = 0.05
     ema: tuple[float, float] = (0.98, 1.0)
+    # (start, peak) of the lr warm-up; the protocol's one change lowered it from the demo
+    # config's (2e-4, 1e-3): results/studies/long-horizon/PROTOCOL.md, History.
+    lr: tuple[float, float] = (2e-5, 1e-4)
     extra_overrides: tuple[str, ...] = field(default_factory=tuple)
     object_radii: Radii = RADII  # of training and held-out scenes alike
 
     def __post_init__(self):
         if self.budget < 1:
             raise ConfigError(f"study budget must be >= 1 step, got {self.budget}")
+        if not 0 < self.lr[0] <= self.lr[1]:
+            raise ConfigError(f"study lr: expected 0 < start <= peak, got {list(self.lr)}")
         bad = [s for s in self.eval_steps if not 0 <= s <= self.budget]
         if bad:
             raise ConfigError(f"evaluation steps {bad} lie outside the run (0..{self.budget})")
@@ -81,6 +86,7 @@ def run_config(variant: Variant, settings: StudySettings, seed: int, out_dir: st
         f"optim.batch_size={settings.batch_size}", f"data.image_size={settings.image_size}",
         f"data.num_captions={settings.num_captions}", "data.text_cache=", "optim.warmup_epochs=1",
         f"optim.ema=[{settings.ema[0]},{settings.ema[1]}]", "train.tensorboard=false",
+        f"optim.start_lr={settings.lr[0]}", f"optim.lr={settings.lr[1]}",
         *variant.overrides, *settings.extra_overrides,
     ]
     return load_config(base, overrides)

@@ -13,7 +13,7 @@ from evals.longhorizon.text_gap import block_statement_share, object_statement_s
 from tcjepa.study.device_scenes import MAX_OBJECTS, render_block
 from tcjepa.study.text_bank import TextBank
 from tcjepa.study.trainer import StudyRun, shuffle_captions
-from tcjepa.study.variants import VARIANTS, StudySettings
+from tcjepa.study.variants import VARIANTS, StudySettings, run_config
 from tcjepa.train.checkpoint import CheckpointError
 
 SETTINGS = StudySettings(budget=4, eval_steps=(0, 2, 4), batch_size=8)
@@ -146,7 +146,6 @@ def test_a_diagnostic_grid_reaches_the_run_config(tmp_path):
     # --ema and --set change every run of a diagnostic grid; the protocol grid's defaults stay.
     from evals.longhorizon.study import _settings, build_parser
     from tcjepa.config import ConfigError
-    from tcjepa.study.variants import run_config
 
     parse = lambda *extra: _settings(build_parser().parse_args(["run", "--work", str(tmp_path), *extra]))  # noqa: E731
     assert parse() == StudySettings(budget=1000, eval_steps=parse().eval_steps)
@@ -181,3 +180,27 @@ def test_radii_reach_the_settings_and_older_plans_still_match(tmp_path):
     with pytest.raises(ConfigError, match="no_such_key"):
         write_plan(tmp_path / "other", parse("--set", "optim.no_such_key=1"), [0], ["ijepa"])
     assert not (tmp_path / "other").exists()
+
+
+def test_lr_reaches_the_configs_and_older_plans_ran_at_the_demo_lr(tmp_path):
+    import json
+
+    from evals.longhorizon.grid import write_plan
+    from evals.longhorizon.study import _settings, build_parser
+    from tcjepa.config import ConfigError
+
+    parse = lambda *extra: _settings(build_parser().parse_args(["run", "--work", str(tmp_path), *extra]))  # noqa: E731
+    cfg = run_config(VARIANTS["tc_paper"], parse(), 0, tmp_path)
+    assert (cfg.optim.start_lr, cfg.optim.lr) == StudySettings.lr == (2e-5, 1e-4)
+    cfg = run_config(VARIANTS["ijepa"], parse("--lr", "0.0002", "0.001"), 0, tmp_path)
+    assert (cfg.optim.start_lr, cfg.optim.lr) == (2e-4, 1e-3)
+    with pytest.raises(ConfigError, match="start <= peak"):
+        parse("--lr", "0.01", "0.001")
+    # A plan from before the setting existed ran at the demo config's lr, not at today's default.
+    write_plan(tmp_path, parse(), [0], ["ijepa"])
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    del plan["settings"]["lr"]
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    with pytest.raises(SystemExit, match="other settings"):
+        write_plan(tmp_path, parse(), [0], ["ijepa"])
+    write_plan(tmp_path, parse("--lr", "0.0002", "0.001"), [1], ["ijepa"])
