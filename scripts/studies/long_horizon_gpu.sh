@@ -6,7 +6,8 @@
 # Stages: CUDA check; the fast path's steps/s on the GPU; the 2000-step grid (3 seeds x 6
 # variants, WORKERS processes dealt runs round-robin) to its 250-step checkpoints; the
 # protocol's caption-gap check (the script stops there if it fails); the rest of that grid;
-# then the 20000-step grid with whatever time is left. Each grid is resumable
+# then the 20000-step grid with whatever time is left. Every grid runs at the protocol's
+# settings (`study run` defaults: lr 2e-5 -> 1e-4 since its one change, PROTOCOL.md History). Each grid is resumable
 # (rerun the same command with the same WORK: finished rows are kept, runs resume from their
 # checkpoints), and after every stage the report (rows, summary, verdict, curves) is rewritten
 # into out_dir, so a call cut short keeps every row it evaluated. Checkpoints stay in WORK
