@@ -5,10 +5,10 @@
 #   WORK=/path/kept/between/calls BUDGET_S=560 bash scripts/studies/long_horizon_gpu.sh
 # Stages: CUDA check; the fast path's steps/s on the GPU; the 2000-step grid (3 seeds x 6
 # variants, WORKERS processes dealt runs round-robin) to its 250-step checkpoints; the
-# protocol's caption-gap check (the script stops there if it fails); the rest of that grid;
+# protocol's caption-gap check, printed (since the lr change not a gate); the rest of that grid;
 # then the 20000-step grid with whatever time is left. Every grid runs at the protocol's
-# settings (`study run` defaults: lr 2e-5 -> 1e-4 since its one change, PROTOCOL.md History). Each grid is resumable
-# (rerun the same command with the same WORK: finished rows are kept, runs resume from their
+# settings (`study run` defaults: lr 2e-5 -> 1e-4 since its one change, PROTOCOL.md History).
+# Each grid is resumable (rerun the same command with the same WORK: finished rows are kept, runs resume from their
 # checkpoints), and after every stage the report (rows, summary, verdict, curves) is rewritten
 # into out_dir, so a call cut short keeps every row it evaluated. Checkpoints stay in WORK
 # (about 20 MB per run): on a machine that does not keep WORK between calls, a grid that does
@@ -45,12 +45,12 @@ stage text_bank 120 "$PY" -c "from tcjepa.study.text_bank import build_text_bank
 [ -d "$WORK/budget20000/text_bank" ] || cp -r "$WORK/budget2000/text_bank" "$WORK/budget20000/"
 # 1. Speed: steps/s of one run of each kind (the grids log their own train seconds per segment).
 stage speed 60 "$PY" -m evals.longhorizon.study speed --work "$WORK/budget2000" --device cuda --variants ijepa tc_paper --steps 50 | tee "$OUT/speed.txt"
-# 2. The 2000-step grid to its 250-step checkpoints, then the protocol's pre-run check: the caption
-#    gap of tc_paper there must reach 2 % of the shuffled-caption loss, or the scenes change first.
+# 2. The 2000-step grid to its 250-step checkpoints, then the caption gap of tc_paper there. Since
+#    the protocol's lr change it is printed, not a gate: the scenes passed it at the old lr, and at
+#    the new one the gap grows later (PROTOCOL.md History, 13:55); the verdict reads it per budget.
 stage grid2000_250 200 "$PY" -m evals.longhorizon.study run --work "$WORK/budget2000" --budget 2000 --device cuda --workers "$WORKERS" --until 250
 report budget2000
 "$PY" -m evals.longhorizon.study gap-check --work "$WORK/budget2000" --step 250 | tee "$OUT/gap_check.txt"
-if [ "${PIPESTATUS[0]}" != 0 ]; then echo "stopped before the long runs: see $OUT/gap_check.txt and PROTOCOL.md"; exit 0; fi
 # 3. The rest of the 2000-step grid: checkpoints 500, 1000, 2000.
 stage grid2000 400 "$PY" -m evals.longhorizon.study run --work "$WORK/budget2000" --budget 2000 --device cuda --workers "$WORKERS"
 report budget2000

@@ -111,6 +111,16 @@ def test_gap_check_passes_fails_and_waits(tmp_path):
     assert gap_check(tmp_path, 250, threshold=0.001)[0] == 0
 
 
+def test_text_line_reads_the_caption_gap_per_step():
+    from evals.longhorizon.report import text_line
+
+    rows = [{"variant": "tc_paper", "seed": s, "step": step, "text_gap_relative": rel}
+            for s, (step, rel) in enumerate(((250, 0.001), (250, 0.003), (1000, 0.05), (1000, "")))]
+    assert "text not yet read" in text_line(rows, 250) and "0.20%" in text_line(rows, 250)
+    assert "are read" in text_line(rows, 1000) and "(1 seeds)" in text_line(rows, 1000)
+    assert "no caption-gap row" in text_line(rows, 500)
+
+
 def test_set_threads_every_branch():
     # The CLI sets threads before any run; an import error here stopped `run` and `speed`.
     import torch
