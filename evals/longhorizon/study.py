@@ -1,10 +1,10 @@
 """The long-horizon study (results/studies/long-horizon/PROTOCOL.md): run the grid, write the report.
 
-    python -m evals.longhorizon.study run --work runs/long-horizon/cpu --budget 1000
+    python -m evals.longhorizon.study run --work runs/long-horizon/cpu-lr1e-4 --budget 1000
     python -m evals.longhorizon.study run --work runs/long-horizon/gpu --budget 20000 --device cuda --workers 6
-    python -m evals.longhorizon.study report --work runs/long-horizon/cpu --out results/studies/long-horizon/cpu
-    python -m evals.longhorizon.study gap-check --work runs/long-horizon/cpu --step 250   # the pre-run check
-    python -m evals.longhorizon.study speed --work runs/long-horizon/cpu --threads 1    # steps/s per variant
+    python -m evals.longhorizon.study report --work runs/long-horizon/cpu-lr1e-4 --out results/studies/long-horizon/cpu-lr1e-4
+    python -m evals.longhorizon.study gap-check --work runs/long-horizon/cpu-lr1e-4 --step 250   # the caption gap there
+    python -m evals.longhorizon.study speed --work runs/long-horizon/cpu-lr1e-4 --threads 1    # steps/s per variant
 
 ``run`` is resumable: run it again (same settings) and it continues where it stopped.
 """
