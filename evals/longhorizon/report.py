@@ -119,11 +119,16 @@ def regime_line(verdicts: list[dict], step: int) -> str:
             "so by the protocol the TC-JEPA rows below are bookkeeping, not a verdict.")
 
 
+def gap_rows(rows: list[dict], variant: str, step: int) -> list[dict]:
+    """The rows of ``variant`` at ``step`` that carry a caption gap."""
+    return [r for r in rows if r["variant"] == variant and int(r["step"]) == step
+            and r.get("text_gap_relative") not in ("", None)]
+
+
 def text_line(rows: list[dict], step: int, threshold: float = 0.02, variant: str = "tc_paper") -> str:
     """Whether the predictor reads the captions at ``step``: the protocol reads a TC-JEPA
     comparison only where the caption gap of tc_paper is ``threshold`` of the shuffled loss."""
-    gaps = [float(r["text_gap_relative"]) for r in rows if r["variant"] == variant and int(r["step"]) == step
-            and r.get("text_gap_relative") not in ("", None)]
+    gaps = [float(r["text_gap_relative"]) for r in gap_rows(rows, variant, step)]
     if not gaps:
         return f"Text: no caption-gap row of {variant} here yet."
     mean = statistics.fmean(gaps)
@@ -208,8 +213,7 @@ def gap_check(work: Path, step: int, threshold: float = 0.02, variant: str = "tc
     ``step`` (mean over its seeds, relative to the shuffled-caption loss) reaches ``threshold``;
     3: it is below (the captions add nothing yet; at the protocol's first lr that meant changing
     the scenes, since its lr change it means the TC-JEPA rows are not read: PROTOCOL.md); 4: no row yet."""
-    rows = [r for r in collect(work) if r["variant"] == variant and int(r["step"]) == step
-            and r.get("text_gap_relative") not in ("", None)]
+    rows = gap_rows(collect(work), variant, step)
     if not rows:
         return 4, f"no caption-gap row of {variant} at step {step} in {work} yet"
     gaps = [float(r["text_gap_relative"]) for r in rows]

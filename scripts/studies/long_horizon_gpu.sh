@@ -9,10 +9,11 @@
 # then the 20000-step grid with whatever time is left. Every grid runs at the protocol's
 # settings (`study run` defaults: lr 2e-5 -> 1e-4 since its one change, PROTOCOL.md History).
 # Each grid is resumable (rerun the same command with the same WORK: finished rows are kept,
-# runs resume from their checkpoints), and after every stage the report (rows, summary, verdict, curves) is rewritten
-# into out_dir, so a call cut short keeps every row it evaluated. Checkpoints stay in WORK
-# (about 20 MB per run): on a machine that does not keep WORK between calls, a grid that does
-# not finish in one call restarts its unfinished runs, keeping their evaluated rows.
+# runs resume from their checkpoints), and after every stage the report (rows, summary,
+# verdict, curves) is rewritten into out_dir, so a call cut short keeps every row it evaluated.
+# Checkpoints stay in WORK (about 20 MB per run): on a machine that does not keep WORK between
+# calls, a grid that does not finish in one call restarts its unfinished runs, keeping their
+# evaluated rows.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${1:-results/studies/long-horizon/gpu}
