@@ -121,6 +121,23 @@ def test_text_line_reads_the_caption_gap_per_step():
     assert "no caption-gap row" in text_line(rows, 500)
 
 
+def test_the_overview_has_a_line_per_step_and_only_comparisons_with_rows():
+    from evals.longhorizon.report import overview_markdown
+
+    def v(step, a, b, task, d, word):
+        return {"step": step, "a": a, "b": b, "task": task, "difference": d, "verdict": word, "seeds": 3}
+
+    verdicts = [v(500, "ijepa", "untrained", "probe_top1", 4.67, "ahead"), v(500, "ijepa", "untrained", "seg_miou", 1.36, "ahead"),
+                v(1000, "ijepa", "untrained", "probe_top1", 5.05, "ahead"),
+                v(1000, "tc_paper", "ijepa", "probe_top1", -0.85, "level")]
+    rows = [{"variant": "tc_paper", "seed": s, "step": 1000, "text_gap_relative": g} for s, g in ((0, 0.02), (1, 0.04))]
+    lines = overview_markdown(verdicts, rows).splitlines()
+    assert lines[-4:] == ["| step | ijepa - untrained | tc_paper - ijepa | caption gap tc_paper |",
+                          "|---|---|---|---|",
+                          "| 500 | +4.67 ahead / +1.36 ahead (3) |  |  |",
+                          "| 1000 | +5.05 ahead / - (3) | -0.85 level / - (3) | 3.00% (2) |"]
+
+
 def test_set_threads_every_branch():
     # The CLI sets threads before any run; an import error here stopped `run` and `speed`.
     import torch
