@@ -8,7 +8,8 @@
 # a run cut short keeps what it finished. Ratios compare variants within one command only.
 # FLOPs per image come from the exact meta-device counts in results/bench (--flops-from), so
 # the GPU's time goes to timing; the counts do not depend on the device. AFTER_STAGE, if set,
-# is run after every stage (e.g. to archive out_dir where only some files come back).
+# is run after every stage (e.g. to archive out_dir where only some files come back). STAGES,
+# if set, names the stages to run (space-separated); the others are skipped.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-results/bench}
@@ -20,6 +21,7 @@ FLOPS="--flops-from results/bench/train_step_flops.json"
 
 stage() {  # stage NAME CAP_S COMMAND...
   local name=$1 cap=$2; shift 2
+  [[ -n "${STAGES:-}" && " $STAGES " != *" $name "* ]] && return 0
   local left=$((end - SECONDS)); local t=$(( cap < left ? cap : left ))
   if (( t < 15 )); then echo "== $name: skipped, budget spent"; return; fi
   echo "== $name (up to ${t}s): $*"

@@ -1,24 +1,70 @@
 #!/usr/bin/env bash
-# The GPU measurements every open issue still waits for, in one device call (default 570 s),
-# most important first; each part is its own budgeted script, given its share of the time:
-#   1. benchmarks/run_gpu.sh, its first stages (TC_SHARE_S, default 280 s): the fused text
-#      cross-attention kernel at ViT-L/16 shapes, then the public I-JEPA step beside ours
-#      (eager / compiled) and TC-JEPA N=8 (eager / fused / fused+compiled) -> results/bench/
-#   2. scripts/studies/long_horizon_gpu.sh with what is left: the fast path's GPU steps/s, the
-#      2000-step grid smallest cells first -> results/studies/long-horizon/gpu/
-#   bash scripts/gpu_session.sh
-#   BUDGET_S=1100 TC_SHARE_S=560 bash scripts/gpu_session.sh     (a longer lease: all of run_gpu.sh's first block)
-# Both parts write each row as it finishes, so a call cut short keeps what it measured.
+# The GPU measurements every open issue still waits for, most important first, in two device
+# calls: a short one whose checks decide the long one (or both in one: PART=all).
+#   bash scripts/gpu_session.sh smoke    (about 90 s)
+#       the fused text cross-attention against eager at ViT-L/16 shapes (errors and times,
+#       results/bench/text_xattn_cuda.*); the public I-JEPA step beside ours at tiny size, no
+#       compile (does the reference import, does our harness run there); the long-horizon fast
+#       path's steps/s on the GPU (results/studies/long-horizon/gpu/speed.txt)
+#   bash scripts/gpu_session.sh main     (BUDGET_S, default 540 s), each part capped:
+#       1. ViT-L/16 B=128: public I-JEPA step, ours eager / compiled, TC-JEPA N=8 fused /
+#          fused+compiled / eager, one run (REF_LARGE_S, 230)                  -> results/bench/
+#       2. the long-horizon 2000-step grid to its 250-step checkpoints (GRID250_S, 120)
+#       3. the 200-step bf16 loss curves, fused vs eager attention (NUMERICS_S, 70)
+#       4. the rest of the 2000-step grid (GRID_S, 200)       -> results/studies/long-horizon/gpu/
+#       5. ViT-H/14 B=64, then ViT-B/16, as 1 (REF_HUGE_S 110, REF_BASE_S 100), with what is left
+# Every part writes each row as it finishes, so a call cut short keeps what it measured.
+# ARCHIVE=FILE tars results/bench and results/studies/long-horizon/gpu into FILE every 20 s and
+# at the end (for a device whose working tree does not come back: ARCHIVE=$OUT/results.tgz).
+# WORKERS (default 9) processes share the GPU in the grid.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-BUDGET_S=${BUDGET_S:-570}
-TC_SHARE_S=${TC_SHARE_S:-280}
+PART=${1:-all}
+BUDGET_S=${BUDGET_S:-540}
+export WORKERS=${WORKERS:-9}
+PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
+export PYTHON=$PY PYTHONUNBUFFERED=1
+REF=${REFERENCE_IJEPA:-$(for d in ../shared/ref/ijepa shared/ref/ijepa; do [ -f "$d/src/helper.py" ] && echo "$d" && break; done)}
+export REFERENCE_IJEPA=${REF:-../shared/ref/ijepa}
 end=$((SECONDS + BUDGET_S))
+OUTS="results/bench results/studies/long-horizon/gpu"
 
-BUDGET_S=$TC_SHARE_S bash benchmarks/run_gpu.sh results/bench
-left=$((end - SECONDS))
-if (( left < 60 )); then
-  echo "== long-horizon grid: skipped, ${left}s left"
-  exit 0
+archive() {
+  [[ -n "${ARCHIVE:-}" ]] || return 0
+  tar czf "$ARCHIVE.part" $OUTS 2>/dev/null && mv "$ARCHIVE.part" "$ARCHIVE"
+}
+if [[ -n "${ARCHIVE:-}" ]]; then
+  mkdir -p $OUTS
+  (while sleep 20; do archive; done) &
+  archiver=$!
+  trap 'kill $archiver 2>/dev/null; archive' EXIT
 fi
-BUDGET_S=$left bash scripts/studies/long_horizon_gpu.sh results/studies/long-horizon/gpu
+part() {  # part CAP_S SCRIPT STAGES: SCRIPT's STAGES with min(CAP_S, what is left) seconds
+  local cap=$1 script=$2; shift 2
+  local left=$((end - SECONDS)); local t=$(( cap < left ? cap : left ))
+  if (( t < 20 )); then echo "== [$*]: skipped, ${left}s left"; return 0; fi
+  case $script in
+    bench) BUDGET_S=$t STAGES="$*" bash benchmarks/run_gpu.sh results/bench ;;
+    grid) BUDGET_S=$t STAGES="$*" bash scripts/studies/long_horizon_gpu.sh results/studies/long-horizon/gpu ;;
+  esac
+  archive
+}
+
+"$PY" -c "import torch, triton; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(), 'torch', torch.__version__, 'triton', triton.__version__)" || exit 1
+if [[ $PART == smoke || $PART == all ]]; then
+  part 45 bench xattn_kernel
+  echo "== reference smoke (up to 40s)"
+  timeout --signal=INT --kill-after=10 40 "$PY" -m benchmarks.reference_ijepa --reference-ijepa "$REFERENCE_IJEPA" \
+    --device cuda --tiny --rows "ijepa eager,tc_n8 fused,tc_n8 eager" --out ""
+  echo "== reference smoke: rc=$?"
+  part 60 grid text_bank speed
+fi
+if [[ $PART == main || $PART == all ]]; then
+  part "${REF_LARGE_S:-230}" bench ref_large
+  part "${GRID250_S:-120}" grid text_bank grid2000_250
+  part "${NUMERICS_S:-70}" bench numerics_fused
+  part "${GRID_S:-200}" grid grid2000
+  part "${REF_HUGE_S:-110}" bench ref_huge
+  part "${REF_BASE_S:-100}" bench ref_base
+fi
+echo "done: $PART ($SECONDS s)"

@@ -13,7 +13,8 @@
 # verdict, curves) is rewritten into out_dir, so a call cut short keeps every row it evaluated.
 # Checkpoints stay in WORK (about 20 MB per run): on a machine that does not keep WORK between
 # calls, a grid that does not finish in one call restarts its unfinished runs, keeping their
-# evaluated rows.
+# evaluated rows. STAGES, if set, names the stages to run (space-separated); the reports run
+# after them whichever ran.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${1:-results/studies/long-horizon/gpu}
@@ -24,10 +25,11 @@ WORKERS=${WORKERS:-6}
 mkdir -p "$OUT" "$WORK"
 end=$((SECONDS + BUDGET_S))
 
-stage() {  # stage NAME CAP_S COMMAND...
+stage() {  # stage NAME CAP_S COMMAND...   (status 1: skipped, else 0 whatever the command's)
   local name=$1 cap=$2; shift 2
+  [[ -n "${STAGES:-}" && " $STAGES " != *" $name "* ]] && return 1
   local left=$((end - SECONDS)); local t=$(( cap < left ? cap : left ))
-  if (( t < 20 )); then echo "== $name: skipped, budget spent"; return; fi
+  if (( t < 20 )); then echo "== $name: skipped, budget spent"; return 1; fi
   echo "== $name (up to ${t}s): $*"
   local t0=$SECONDS
   timeout --signal=INT --kill-after=10 "$t" "$@"
@@ -45,17 +47,19 @@ mkdir -p "$WORK/budget2000" "$WORK/budget20000"
 stage text_bank 120 "$PY" -c "from tcjepa.study.text_bank import build_text_bank; build_text_bank('$WORK/budget2000/text_bank')"
 [ -d "$WORK/budget20000/text_bank" ] || cp -r "$WORK/budget2000/text_bank" "$WORK/budget20000/"
 # 1. Speed: steps/s of one run of each kind (the grids log their own train seconds per segment).
-stage speed 60 "$PY" -m evals.longhorizon.study speed --work "$WORK/budget2000" --device cuda --variants ijepa tc_paper --steps 50 | tee "$OUT/speed.txt"
+stage speed 60 "$PY" -m evals.longhorizon.study speed --work "$WORK/budget2000" --device cuda --variants ijepa tc_paper --steps 50 | tee "$WORK/speed.txt"
+[ -s "$WORK/speed.txt" ] && mv "$WORK/speed.txt" "$OUT/speed.txt"  # a skipped stage keeps an earlier call's figures
 # 2. The 2000-step grid to its 250-step checkpoints, then the caption gap of tc_paper there. Since
 #    the protocol's lr change it is printed, not a gate: the scenes passed it at the old lr, and at
 #    the new one the gap grows later (PROTOCOL.md History, 13:55); the verdict reads it per budget.
-stage grid2000_250 200 "$PY" -m evals.longhorizon.study run --work "$WORK/budget2000" --budget 2000 --device cuda --workers "$WORKERS" --until 250
-report budget2000
-"$PY" -m evals.longhorizon.study gap-check --work "$WORK/budget2000" --step 250 | tee "$OUT/gap_check.txt"
+if stage grid2000_250 200 "$PY" -m evals.longhorizon.study run --work "$WORK/budget2000" --budget 2000 --device cuda --workers "$WORKERS" --until 250; then
+  report budget2000
+  "$PY" -m evals.longhorizon.study gap-check --work "$WORK/budget2000" --step 250 | tee "$OUT/gap_check.txt"
+fi
 # 3. The rest of the 2000-step grid: checkpoints 500, 1000, 2000.
-stage grid2000 400 "$PY" -m evals.longhorizon.study run --work "$WORK/budget2000" --budget 2000 --device cuda --workers "$WORKERS"
-report budget2000
+stage grid2000 400 "$PY" -m evals.longhorizon.study run --work "$WORK/budget2000" --budget 2000 --device cuda --workers "$WORKERS" &&
+  report budget2000
 # 4. The 20000-step grid: checkpoints 1250, 2500, 5000, 10000, 20000 (several calls).
-stage grid20000 100000 "$PY" -m evals.longhorizon.study run --work "$WORK/budget20000" --budget 20000 --device cuda --workers "$WORKERS"
-report budget20000
+stage grid20000 100000 "$PY" -m evals.longhorizon.study run --work "$WORK/budget20000" --budget 20000 --device cuda --workers "$WORKERS" &&
+  report budget20000
 echo "done: $OUT ($SECONDS s)"
