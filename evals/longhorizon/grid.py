@@ -115,7 +115,9 @@ class Grid:
         self.log = log
         self.eval_options = eval_options or {}
         commit, dirty = git_state()
-        self.meta = {"commit": os.environ.get("TCJEPA_COMMIT", commit or "unknown"), "dirty": dirty,
+        if os.environ.get("TCJEPA_COMMIT"):  # a copy without .git (a remote GPU machine): the launcher names it
+            commit, dirty = os.environ["TCJEPA_COMMIT"], os.environ.get("TCJEPA_DIRTY") == "1"
+        self.meta = {"commit": commit or "unknown", "dirty": dirty,
                      "hardware": hardware() if self.device.type == "cuda" else f"{hardware()}, {platform.node()}",
                      "command": " ".join(["python -m evals.longhorizon.study", shlex.join(sys.argv[1:])]),
                      "threads": torch.get_num_threads()}
