@@ -6,13 +6,14 @@
 #       results/bench/text_xattn_cuda.*); the public I-JEPA step beside ours at tiny size, no
 #       compile (does the reference import, does our harness run there); the long-horizon fast
 #       path's steps/s on the GPU (results/studies/long-horizon/gpu/speed.txt)
-#   bash scripts/gpu_session.sh main     (BUDGET_S, default 540 s), each part capped:
-#       1. ViT-L/16 B=128: public I-JEPA step, ours eager / compiled, TC-JEPA N=8 fused /
+#   bash scripts/gpu_session.sh main     (BUDGET_S, default 560 s), each part capped:
+#       1. the fused text cross-attention against eager at ViT-L/16 shapes (XATTN_S, 35)
+#       2. ViT-L/16 B=128: public I-JEPA step, ours eager / compiled, TC-JEPA N=8 fused /
 #          fused+compiled / eager, one run (REF_LARGE_S, 230)                  -> results/bench/
-#       2. the long-horizon 2000-step grid to its 250-step checkpoints (GRID250_S, 120)
-#       3. the 200-step bf16 loss curves, fused vs eager attention (NUMERICS_S, 70)
-#       4. the rest of the 2000-step grid (GRID_S, 200)       -> results/studies/long-horizon/gpu/
-#       5. ViT-H/14 B=64, then ViT-B/16, as 1 (REF_HUGE_S 110, REF_BASE_S 100), with what is left
+#       3. the 200-step bf16 loss curves, fused vs eager attention (NUMERICS_S, 60)
+#       4. the long-horizon 2000-step grid, breadth-first over its checkpoints (GRID_S, 180)
+#                                                              -> results/studies/long-horizon/gpu/
+#       5. ViT-H/14 B=64, then ViT-B/16, as 2 (REF_HUGE_S 110, REF_BASE_S 100), with what is left
 # Every part writes each row as it finishes, so a call cut short keeps what it measured.
 # ARCHIVE=FILE tars results/bench and results/studies/long-horizon/gpu into FILE every 20 s and
 # at the end (for a device whose working tree does not come back: ARCHIVE=$OUT/results.tgz).
@@ -20,7 +21,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PART=${1:-all}
-BUDGET_S=${BUDGET_S:-540}
+BUDGET_S=${BUDGET_S:-560}
 export WORKERS=${WORKERS:-9}
 PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 export PYTHON=$PY PYTHONUNBUFFERED=1
@@ -60,10 +61,10 @@ if [[ $PART == smoke || $PART == all ]]; then
   part 60 grid text_bank speed
 fi
 if [[ $PART == main || $PART == all ]]; then
+  [[ $PART == main ]] && part "${XATTN_S:-35}" bench xattn_kernel  # smoke ran it in PART=all
   part "${REF_LARGE_S:-230}" bench ref_large
-  part "${GRID250_S:-120}" grid text_bank grid2000_250
-  part "${NUMERICS_S:-70}" bench numerics_fused
-  part "${GRID_S:-200}" grid grid2000
+  part "${NUMERICS_S:-60}" bench numerics_fused
+  part "${GRID_S:-180}" grid text_bank grid2000
   part "${REF_HUGE_S:-110}" bench ref_huge
   part "${REF_BASE_S:-100}" bench ref_base
 fi

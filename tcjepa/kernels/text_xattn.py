@@ -103,6 +103,10 @@ def _blocks(Q: int, S: int, D: int) -> dict:
 
 
 BACKWARD_D_CHUNK = 64  # the backward's D tiles (dK, dV accumulators: 64 words x 64 per program)
+# No software pipelining of the forward's loop over captions: each extra stage buffers another
+# caption's whole (BLOCK_S, BLOCK_D) K and V tiles, and Triton 3.6's default of 3 stages asked
+# an H200 for 274 KiB of shared memory at ViT-L/16 shapes (limit 227 KiB); one stage needs 82 KiB.
+FORWARD_STAGES = 1
 
 
 def next_pow2(x: int) -> int:
@@ -132,7 +136,7 @@ class FusedTextCrossAttention(torch.autograd.Function):
         fwd, _, _ = compiled_kernels()
         fwd[(B, -(-Q // blocks["BLOCK_Q"]))](
             q, k, v, ck if ck is not None else k, mask, out, arg, cos, lse, N, Q, S, D, float(scale),
-            HAS_CK=ck is not None, PRECISION=_precision(q), **blocks)
+            HAS_CK=ck is not None, PRECISION=_precision(q), num_stages=FORWARD_STAGES, **blocks)
         ctx.set_materialize_grads(False)
         ctx.scale = float(scale)
         ctx.has_ck = ck is not None
