@@ -2,9 +2,10 @@
 
 At ViT-L/16's per-image predictor shapes (Q = 440 tokens, N = 8 captions, S = 64 words,
 D = 384, bf16), forward + backward of ``text_cross_attention``: the difference between the
-two paths (outputs, cosines, gradients of q, k, v and the cosine keys; relative norm), the
-time per call and its peak memory above what was allocated before it. The fused path needs
-CUDA (or TRITON_INTERPRET=1 on CPU, tiny shapes only).
+two paths, and of each against eager float32 (outputs, cosines, gradients of q, k and v;
+relative norm), the time per call (forward alone, the backward as the rest) and its peak
+memory above what was allocated before it. The fused path needs CUDA (or TRITON_INTERPRET=1
+on CPU, tiny shapes only).
 
   python -m benchmarks.text_xattn --device cuda --out results/bench/
 """
@@ -29,11 +30,14 @@ def inputs(B, Q, N, S, D, device, dtype, seed=0):
     return q, k, v, (torch.arange(S) < lengths).to(device)
 
 
-def run(impl, q, k, v, mask, centered: bool, w_out, w_cos):
+def run(impl, q, k, v, mask, centered: bool, w_out, w_cos, backward: bool = True):
     q, k, v = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
     ck = (k - k.mean(2, keepdim=True)) if centered else None
     out, cos = text_cross_attention(q, k, v, mask, q.shape[-1] ** -0.5, cosine_keys=ck, impl=impl)
-    ((out.float() * w_out).sum() + (cos.float() * w_cos).sum()).backward()
+    loss = (out.float() * w_out).sum() + (cos.float() * w_cos).sum()
+    if not backward:  # the forward as training runs it: inputs that need grad, graph kept
+        return [loss.detach()]
+    loss.backward()
     return [t.detach().float() for t in (out, cos, q.grad, k.grad, v.grad)]
 
 
@@ -74,17 +78,29 @@ def main(argv=None) -> dict[str, Any]:
     rows = []
     for centered in (False, True):
         results = {impl: run(impl, q, k, v, mask, centered, w_out, w_cos) for impl in impls}
+        # Which of two half-precision paths is nearer the truth: both against eager float32
+        # (where the max over captions ties after rounding, the gradient goes whole to the
+        # winner, so a tie broken differently moves it between captions).
+        exact = (run("eager", q.float(), k.float(), v.float(), mask, centered, w_out, w_cos)
+                 if dtype != torch.float32 else None)
         for impl in impls:
             ms, peak = timed(lambda: run(impl, q, k, v, mask, centered, w_out, w_cos), device, args.reps)
+            ms_fwd, _ = timed(lambda: run(impl, q, k, v, mask, centered, w_out, w_cos, backward=False), device,
+                              args.reps)
             row = {"impl": impl, "keys": "centered" if centered else "raw", "shape": args.shape,
-                   "dtype": args.dtype, "ms_fwd_bwd": ms, "peak_gib": peak}
+                   "dtype": args.dtype, "ms_fwd": ms_fwd, "ms_bwd": ms - ms_fwd, "ms_fwd_bwd": ms, "peak_gib": peak}
             if impl != "eager" and "eager" in results:
                 for name, a, b in zip(("out", "cosines", "dq", "dk", "dv"), results[impl], results["eager"]):
                     row[f"rel_{name}"] = float((a - b).norm() / b.norm().clamp_min(1e-12))
+            if exact is not None:
+                for name, a, b in zip(("out", "cosines", "dq", "dk", "dv"), results[impl], exact):
+                    row[f"fp32_rel_{name}"] = float((a - b).norm() / b.norm().clamp_min(1e-12))
             rows.append(row)
     meta = metadata(device, sys.argv if argv is None else ["benchmarks.text_xattn", *argv])
-    cols = [("impl", "impl", ""), ("keys", "keys", ""), ("ms_fwd_bwd", "ms fwd+bwd", ".2f"), ("peak_gib", "peak GiB", ".3f")]
+    cols = [("impl", "impl", ""), ("keys", "keys", ""), ("ms_fwd", "ms fwd", ".2f"), ("ms_bwd", "ms bwd", ".2f"),
+            ("ms_fwd_bwd", "ms fwd+bwd", ".2f"), ("peak_gib", "peak GiB", ".3f")]
     cols += [(f"rel_{n}", f"rel {n}", ".1e") for n in ("out", "cosines", "dq", "dk", "dv")]
+    cols += [(f"fp32_rel_{n}", f"vs fp32 {n}", ".1e") for n in ("out", "dq", "dk", "dv")]
     print(f"{meta['device']} | torch {meta['torch']} | B,Q,N,S,D = {args.shape} | {args.dtype}")
     print(format_table(rows, cols))
     if args.out:

@@ -158,12 +158,17 @@ class FusedTextCrossAttention(torch.autograd.Function):
         dk = torch.empty(B, N, S, D, dtype=q.dtype, device=q.device)
         dv = torch.empty_like(dk)
         dck = torch.empty_like(dk) if ctx.has_ck and has_dcos else dk
+        # P and dS for the dK / dV kernel, in the dtype its products take them (B, N, Q, S: S
+        # wide, not D), and the inverse query norms.
+        probs, dscores = torch.empty_like(cos), torch.empty_like(cos)
+        inv_qnorm = torch.empty(B, Q, dtype=torch.float32, device=q.device)
         blocks = {**_blocks(Q, S, D), "BLOCK_D": min(BACKWARD_D_CHUNK, max(16, next_pow2(D)))}
         common = dict(HAS_CK=ctx.has_ck, HAS_DCOS=has_dcos, PRECISION=_precision(q), **blocks)
         _, bwd_dq, bwd_dkv = compiled_kernels()
-        inputs = (q, k, v, ck, mask, arg, cos, lse, dout, dcos)
-        bwd_dq[(B, -(-Q // blocks["BLOCK_Q"]))](*inputs, dq, N, Q, S, D, ctx.scale, **common)
-        bwd_dkv[(N * -(-D // blocks["BLOCK_D"]), B)](*inputs, dk, dv, dck, N, Q, S, D, ctx.scale, **common)
+        bwd_dq[(B, -(-Q // blocks["BLOCK_Q"]))](q, k, v, ck, mask, arg, cos, lse, dout, dcos, dq,
+                                                 probs, dscores, inv_qnorm, N, Q, S, D, ctx.scale, **common)
+        bwd_dkv[(N * -(-D // blocks["BLOCK_D"]), B)](q, ck, arg, cos, dout, dcos, probs, dscores, inv_qnorm,
+                                                     dk, dv, dck, N, Q, S, D, **common)
         return dq.to(q.dtype), dk, dv, dck if ctx.has_ck and has_dcos else None, None, None
 
 

@@ -8,15 +8,19 @@ reaches memory. Kept for backward: the winning caption per output element (int8)
 softmax log-normaliser per (image, caption, token) and the cosine map (which the regularizers
 keep anyway).
 
-Backward: two kernels that recompute the probabilities from the log-normaliser and work
-through D in chunks of BLOCK_D (whole (BLOCK_S, D) tiles need more shared memory than an H100
-has). ``text_xattn_bwd_dq``: per (image, token block), dq. ``text_xattn_bwd_dkv``: per
-(caption, D chunk, image), dK and dV of the caption's words summed over all token blocks in
-registers, so no atomics and a deterministic result.
+Backward: two kernels that work through D in chunks of BLOCK_D (whole (BLOCK_S, D) tiles
+need more shared memory than an H100 has). ``text_xattn_bwd_dq``: per (image, token block),
+recomputes the probabilities from the log-normaliser, gives dq, and writes the probabilities,
+their softmax gradient dS (both (B, N, Q, S) in the inputs' dtype, as the products that use
+them take it) and the query norms. ``text_xattn_bwd_dkv``: per (caption, D chunk, image), dK
+and dV of the caption's words from those maps, summed over all token blocks in registers, so
+no atomics and a deterministic result. (Its first version recomputed the logits and dP over
+all of D in every D chunk's program: at D=384 six times, most of the backward's products.)
 
 Shapes (contiguous): q (B, Q, D); k, v, cosine keys (B, N, S, D; the backward reads the
 cosine keys from ``ck_ptr`` always, which points at k when they are the raw keys); word mask (B, N, S) int8;
-outputs (B, Q, D), argmax (B, Q, D) int8, cosines (B, N, Q, S), log-normaliser (B, N, Q) fp32.
+outputs (B, Q, D), argmax (B, Q, D) int8, cosines (B, N, Q, S), log-normaliser (B, N, Q) fp32;
+backward maps P and dS (B, N, Q, S), inverse query norms (B, Q) fp32.
 
 The kernels are plain functions, jitted on first use by ``compiled_kernels``: ``triton.jit``
 decides at decoration time between the GPU compiler and the interpreter
@@ -94,12 +98,14 @@ def text_xattn_fwd(
 
 def text_xattn_bwd_dq(
     q_ptr, k_ptr, v_ptr, ck_ptr, mask_ptr, arg_ptr, cos_ptr, lse_ptr, dout_ptr, dcos_ptr, dq_ptr,
+    p_ptr, ds_ptr, qn_ptr,
     N, Q, S, D, scale,
     HAS_CK: tl.constexpr, HAS_DCOS: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_S: tl.constexpr,
     BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """dq for one (image, token block): per caption the (BLOCK_Q, BLOCK_S) maps, then dq's D
-    chunks, added into this program's own float32 rows (zeroed by the caller)."""
+    chunks, added into this program's own float32 rows (zeroed by the caller). The maps P and
+    dS and the inverse query norms are written for ``text_xattn_bwd_dkv``."""
     b = tl.program_id(0).to(tl.int64)
     tok = tl.program_id(1) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     word = tl.arange(0, BLOCK_S)
@@ -134,10 +140,13 @@ def text_xattn_bwd_dq(
         ds = p * (dp - tl.sum(p * dp, 1)[:, None]) * scale  # softmax backward over the words
         inv_qn = 1.0 / tl.maximum(tl.sqrt(qsq), NORM_EPS)
         inv_kn = 1.0 / tl.maximum(tl.sqrt(ksq), NORM_EPS)
+        cs_off = (bn * Q + tok[:, None]) * S + word[None, :]
+        tl.store(p_ptr + cs_off, p.to(p_ptr.dtype.element_ty), mask=qs_in)
+        tl.store(ds_ptr + cs_off, ds.to(ds_ptr.dtype.element_ty), mask=qs_in)
+        tl.store(qn_ptr + b * Q + tok, inv_qn, mask=tok_in)  # the same for every caption
         cos = tl.zeros((BLOCK_Q, BLOCK_S), tl.float32)
         dc = tl.zeros((BLOCK_Q, BLOCK_S), tl.float32)
         if HAS_DCOS:
-            cs_off = (bn * Q + tok[:, None]) * S + word[None, :]
             cos = tl.load(cos_ptr + cs_off, mask=qs_in, other=0.0).to(tl.float32)
             dc = tl.where(cos > 0, tl.load(dcos_ptr + cs_off, mask=qs_in, other=0.0).to(tl.float32), 0.0)
         # d cos / dq = (khat - cos qhat) / |q|; the qhat part sums dc cos over the words, which the
@@ -159,16 +168,14 @@ def text_xattn_bwd_dq(
 
 
 def text_xattn_bwd_dkv(
-    q_ptr, k_ptr, v_ptr, ck_ptr, mask_ptr, arg_ptr, cos_ptr, lse_ptr, dout_ptr, dcos_ptr,
-    dk_ptr, dv_ptr, dck_ptr,
-    N, Q, S, D, scale,
+    q_ptr, ck_ptr, arg_ptr, cos_ptr, dout_ptr, dcos_ptr, p_ptr, ds_ptr, qn_ptr, dk_ptr, dv_ptr, dck_ptr,
+    N, Q, S, D,
     HAS_CK: tl.constexpr, HAS_DCOS: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_S: tl.constexpr,
     BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """dK, dV (and dK of the cosine keys) of one caption's words, one D chunk, summed over
-    every token block in registers: no atomics. The maps need dot products over all of D, so
-    each D chunk's program recomputes them (D / BLOCK_D times the two (Q x S x D) products);
-    the chunks of one caption are neighbours in the grid, so q and dout are read from L2."""
+    every token block in registers: no atomics. P and dS come from ``text_xattn_bwd_dq``; the
+    chunks of one caption are neighbours in the grid, so their tiles are read from L2."""
     chunks = tl.cdiv(D, BLOCK_D)
     n = tl.program_id(0) // chunks
     c0 = (tl.program_id(0) % chunks) * BLOCK_D
@@ -178,13 +185,6 @@ def text_xattn_bwd_dkv(
     dim = tl.arange(0, BLOCK_D)
     word_in = word < S
     k_row = bn * S * D + word * D
-    real = tl.load(mask_ptr + bn * S + word, mask=word_in, other=0) != 0
-    ksq = tl.zeros((BLOCK_S,), tl.float32)
-    for d0 in range(0, D, BLOCK_D):
-        sd_in = word_in[:, None] & (d0 + dim < D)[None, :]
-        ckc = tl.load(ck_ptr + k_row[:, None] + d0 + dim[None, :], mask=sd_in, other=0.0).to(tl.float32)
-        ksq += tl.sum(ckc * ckc, 1)
-    inv_kn = 1.0 / tl.maximum(tl.sqrt(ksq), NORM_EPS)
     dv = tl.zeros((BLOCK_S, BLOCK_D), tl.float32)
     dk = tl.zeros((BLOCK_S, BLOCK_D), tl.float32)
     gk = tl.zeros((BLOCK_S, BLOCK_D), tl.float32)
@@ -193,42 +193,32 @@ def text_xattn_bwd_dkv(
     for t0 in range(0, Q, BLOCK_Q):
         tok = t0 + tl.arange(0, BLOCK_Q)
         tok_in = tok < Q
-        q_row = b * Q * D + tok * D
-        dots = tl.zeros((BLOCK_Q, BLOCK_S), tl.float32)
-        dp = tl.zeros((BLOCK_Q, BLOCK_S), tl.float32)
-        qsq = tl.zeros((BLOCK_Q,), tl.float32)
-        for d0 in range(0, D, BLOCK_D):
-            qd_in = tok_in[:, None] & (d0 + dim < D)[None, :]
-            sd_in = word_in[:, None] & (d0 + dim < D)[None, :]
-            qd_off = q_row[:, None] + d0 + dim[None, :]
-            sd_off = k_row[:, None] + d0 + dim[None, :]
-            qc = tl.load(q_ptr + qd_off, mask=qd_in, other=0.0)
-            won = tl.load(arg_ptr + qd_off, mask=qd_in, other=-1).to(tl.int32) == n
-            gc = tl.where(won, tl.load(dout_ptr + qd_off, mask=qd_in, other=0.0), 0.0).to(qc.dtype)
-            dots += tl.dot(qc, tl.trans(tl.load(k_ptr + sd_off, mask=sd_in, other=0.0)), input_precision=PRECISION)
-            dp += tl.dot(gc, tl.trans(tl.load(v_ptr + sd_off, mask=sd_in, other=0.0)), input_precision=PRECISION)
-            qsq += tl.sum(qc.to(tl.float32) * qc.to(tl.float32), 1)
-        lse = tl.load(lse_ptr + bn * Q + tok, mask=tok_in, other=0.0)
-        p = tl.where(real[None, :] & tok_in[:, None], tl.exp(dots * scale - lse[:, None]), 0.0)
-        ds = p * (dp - tl.sum(p * dp, 1)[:, None]) * scale
-        qc_off = q_row[:, None] + c0 + dim[None, :]
+        qs_in = tok_in[:, None] & word_in[None, :]
+        cs_off = (bn * Q + tok[:, None]) * S + word[None, :]
+        qc_off = b * Q * D + tok[:, None] * D + c0 + dim[None, :]
         qc_in = tok_in[:, None] & (c0 + dim < D)[None, :]
         qc = tl.load(q_ptr + qc_off, mask=qc_in, other=0.0)
         won = tl.load(arg_ptr + qc_off, mask=qc_in, other=-1).to(tl.int32) == n
         gc = tl.where(won, tl.load(dout_ptr + qc_off, mask=qc_in, other=0.0), 0.0).to(qc.dtype)
-        dv += tl.dot(tl.trans(p.to(qc.dtype)), gc, input_precision=PRECISION)
-        dk += tl.dot(tl.trans(ds.to(qc.dtype)), qc, input_precision=PRECISION)
+        p = tl.load(p_ptr + cs_off, mask=qs_in, other=0.0).to(qc.dtype)
+        ds = tl.load(ds_ptr + cs_off, mask=qs_in, other=0.0).to(qc.dtype)
+        dv += tl.dot(tl.trans(p), gc, input_precision=PRECISION)
+        dk += tl.dot(tl.trans(ds), qc, input_precision=PRECISION)
         if HAS_DCOS:
-            qs_in = tok_in[:, None] & word_in[None, :]
-            cs_off = (bn * Q + tok[:, None]) * S + word[None, :]
             cos = tl.load(cos_ptr + cs_off, mask=qs_in, other=0.0).to(tl.float32)
             dc = tl.where(cos > 0, tl.load(dcos_ptr + cs_off, mask=qs_in, other=0.0).to(tl.float32), 0.0)
             along_k += tl.sum(dc * cos, 0)
-            qhat = qc.to(tl.float32) / tl.maximum(tl.sqrt(qsq), NORM_EPS)[:, None]
+            qhat = qc.to(tl.float32) * tl.load(qn_ptr + b * Q + tok, mask=tok_in, other=0.0)[:, None]
             gk += tl.dot(tl.trans(dc.to(qc.dtype)), qhat.to(qc.dtype), input_precision=PRECISION)
     sc_off = k_row[:, None] + c0 + dim[None, :]
     tl.store(dv_ptr + sc_off, dv, mask=sc_in)
     if HAS_DCOS:
+        ksq = tl.zeros((BLOCK_S,), tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            sd_in = word_in[:, None] & (d0 + dim < D)[None, :]
+            ckc = tl.load(ck_ptr + k_row[:, None] + d0 + dim[None, :], mask=sd_in, other=0.0).to(tl.float32)
+            ksq += tl.sum(ckc * ckc, 1)
+        inv_kn = 1.0 / tl.maximum(tl.sqrt(ksq), NORM_EPS)
         # d cos / dk = (qhat - cos khat) / |k|, summed over the tokens
         khat = tl.load(ck_ptr + sc_off, mask=sc_in, other=0.0).to(tl.float32) * inv_kn[:, None]
         dck = (gk - khat * along_k[:, None]) * inv_kn[:, None]
