@@ -46,6 +46,8 @@ REF=${REF:-../shared/ref/ijepa}
 #    each row is written as it finishes); the 200-step bf16 loss curves, fused vs eager.
 stage xattn_kernel 40 "$PY" -m benchmarks.text_xattn --device cuda --out "$OUT"
 stage ref_large 230 "$PY" -m benchmarks.reference_ijepa --reference-ijepa "$REF" --device cuda --models vit_large $FLOPS --out "$OUT" --tag large
+# The fused step's kernel-category profile beside I-JEPA's and the eager attention's (what remains).
+stage profile_fused 90 "$PY" -m benchmarks.train_step --device cuda --models vit_large --variants ijepa,tc_n8_xattn --attention-impl fused --profile 3 $FLOPS --out "$OUT" --tag large_fused_profile
 stage numerics_fused 80 "$PY" -m benchmarks.numerics --device cuda --model vit_small --steps 200 --pairs attention --tag fused --out "$OUT"
 stage ref_huge 110 "$PY" -m benchmarks.reference_ijepa --reference-ijepa "$REF" --device cuda --models vit_huge $FLOPS --out "$OUT" --tag huge
 stage ref_base 100 "$PY" -m benchmarks.reference_ijepa --reference-ijepa "$REF" --device cuda --models vit_base $FLOPS --out "$OUT" --tag base

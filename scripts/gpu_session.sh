@@ -10,7 +10,8 @@
 #       1. the fused text cross-attention against eager at ViT-L/16 shapes (XATTN_S, 35)
 #       2. ViT-L/16 B=128: public I-JEPA step, ours eager / compiled, TC-JEPA N=8 fused /
 #          fused+compiled / eager, one run (REF_LARGE_S, 230)                  -> results/bench/
-#       3. the 200-step bf16 loss curves, fused vs eager attention (NUMERICS_S, 60)
+#       3. the fused step's kernel profile beside I-JEPA's (PROFILE_S, 90), the 200-step bf16
+#          loss curves, fused vs eager attention (NUMERICS_S, 60)
 #       4. the long-horizon 2000-step grid, breadth-first over its checkpoints (GRID_S, 180)
 #                                                              -> results/studies/long-horizon/gpu/
 #       5. ViT-H/14 B=64, then ViT-B/16, as 2 (REF_HUGE_S 110, REF_BASE_S 100), with what is left
@@ -18,6 +19,12 @@
 # ARCHIVE=FILE tars results/bench and results/studies/long-horizon/gpu into FILE every 20 s and
 # at the end (for a device whose working tree does not come back: ARCHIVE=$OUT/results.tgz).
 # WORKERS (default 9) processes share the GPU in the grid.
+# On a bare remote machine (a copy of the tree, the machine's own torch): PYTHON=python3; set
+# TCJEPA_COMMIT / TCJEPA_DIRTY=0 (no .git there); REFERENCE_IJEPA=a copy of the public code sent
+# along; and, where the text-encoder package is missing, the study's text bank built here
+# (python -c "from tcjepa.study.text_bank import build_text_bank;
+# build_text_bank('runs/long-horizon/gpu/budget2000/text_bank')", 137 MB, 48 MB as .tgz) and
+# unpacked there before the call.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PART=${1:-all}
@@ -63,6 +70,7 @@ fi
 if [[ $PART == main || $PART == all ]]; then
   [[ $PART == main ]] && part "${XATTN_S:-35}" bench xattn_kernel  # smoke ran it in PART=all
   part "${REF_LARGE_S:-230}" bench ref_large
+  part "${PROFILE_S:-90}" bench profile_fused
   part "${NUMERICS_S:-60}" bench numerics_fused
   part "${GRID_S:-180}" grid text_bank grid2000
   part "${REF_HUGE_S:-110}" bench ref_huge
