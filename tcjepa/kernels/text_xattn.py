@@ -103,6 +103,11 @@ def _blocks(Q: int, S: int, D: int) -> dict:
 
 
 BACKWARD_D_CHUNK = 64  # the backward's D tiles (dK, dV accumulators: 64 words x 64 per program)
+
+
+def _backward_blocks(Q: int, S: int, D: int) -> dict:
+    """The forward's tiles with D in chunks of BACKWARD_D_CHUNK."""
+    return {**_blocks(Q, S, D), "BLOCK_D": min(BACKWARD_D_CHUNK, max(16, next_pow2(D)))}
 # No software pipelining of the forward's loop over captions: each extra stage buffers another
 # caption's whole (BLOCK_S, BLOCK_D) K and V tiles, and Triton 3.6's default of 3 stages asked
 # an H200 for 274 KiB of shared memory at ViT-L/16 shapes (limit 227 KiB); one stage needs 82 KiB.
@@ -162,7 +167,7 @@ class FusedTextCrossAttention(torch.autograd.Function):
         # wide, not D), and the inverse query norms.
         probs, dscores = torch.empty_like(cos), torch.empty_like(cos)
         inv_qnorm = torch.empty(B, Q, dtype=torch.float32, device=q.device)
-        blocks = {**_blocks(Q, S, D), "BLOCK_D": min(BACKWARD_D_CHUNK, max(16, next_pow2(D)))}
+        blocks = _backward_blocks(Q, S, D)
         common = dict(HAS_CK=ctx.has_ck, HAS_DCOS=has_dcos, PRECISION=_precision(q), **blocks)
         _, bwd_dq, bwd_dkv = compiled_kernels()
         bwd_dq[(B, -(-Q // blocks["BLOCK_Q"]))](q, k, v, ck, mask, arg, cos, lse, dout, dcos, dq,

@@ -19,7 +19,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from tcjepa.kernels import text_xattn_triton as kernels  # noqa: E402
-from tcjepa.kernels.text_xattn import BACKWARD_D_CHUNK, FORWARD_STAGES, _blocks, next_pow2  # noqa: E402
+from tcjepa.kernels.text_xattn import FORWARD_STAGES, _backward_blocks, _blocks  # noqa: E402
 
 HOPPER_SHARED_BYTES = 232448  # an H100's / H200's opt-in shared memory per block (227 KiB)
 POINTER_TYPES = {"mask_ptr": "*i8", "arg_ptr": "*i8", "lse_ptr": "*fp32", "dq_ptr": "*fp32", "qn_ptr": "*fp32"}
@@ -42,8 +42,7 @@ def compile_for_sm90(fn, sizes: dict, constants: dict, num_warps: int, num_stage
 def test_each_kernel_fits_hopper_shared_memory_as_launched(shape, centred):
     N, Q, S, D = shape
     sizes = {"N": N, "Q": Q, "S": S, "D": D}
-    forward = _blocks(Q, S, D)
-    backward = {**forward, "BLOCK_D": min(BACKWARD_D_CHUNK, max(16, next_pow2(D)))}
+    forward, backward = _blocks(Q, S, D), _backward_blocks(Q, S, D)
     launches = [("forward", kernels.text_xattn_fwd, forward, {}, FORWARD_STAGES),
                 ("backward dq", kernels.text_xattn_bwd_dq, backward, {"HAS_DCOS": True}, None),
                 ("backward dk dv", kernels.text_xattn_bwd_dkv, backward, {"HAS_DCOS": True}, None)]
