@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -18,3 +19,17 @@ def driver_command(script: Path, *args: str, ranks: int = 1) -> list[str]:
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}"]
                 if ranks > 1 else [sys.executable])
     return [*launcher, str(script), *map(str, args)]
+
+
+class DriverFailed(AssertionError):
+    """A driver exited non-zero; the message holds its command, status and output's tail."""
+
+
+def run_driver(command: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """Run a driver command; on failure raise with what it printed (``check=True`` would keep
+    the output inside the exception, where pytest's report does not show it)."""
+    run = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+    if run.returncode != 0:
+        raise DriverFailed(f"{' '.join(command)}\nexited {run.returncode}\n"
+                           f"--- stdout (tail) ---\n{run.stdout[-3000:]}\n--- stderr (tail) ---\n{run.stderr[-6000:]}")
+    return run

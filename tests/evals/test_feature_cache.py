@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from extraction_driver import RandomImages, TwoBlockViT
-from launch_helpers import driver_command, subprocess_env
+from launch_helpers import driver_command, run_driver, subprocess_env
 
 from evals.feature_cache import FeatureCacheError
 from evals.features import FeatureRows, FeatureSet, extract_features, load_cached
@@ -23,8 +23,7 @@ ARRAYS = ("last1", "last4", "global", "labels")
 
 
 def _run(cache: Path, *extra: str, ranks: int = 1) -> None:
-    subprocess.run(driver_command(DRIVER, cache, *extra, ranks=ranks), env=subprocess_env(), check=True,
-                   capture_output=True, timeout=300)
+    run_driver(driver_command(DRIVER, cache, *extra, ranks=ranks), timeout=300)
 
 
 def _extract_here(cache: Path, images: int = 20) -> Path:

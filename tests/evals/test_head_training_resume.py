@@ -11,7 +11,7 @@ import pytest
 import torch
 from dense_helpers import write_ade_tree
 from head_training_driver import train
-from launch_helpers import driver_command, subprocess_env
+from launch_helpers import driver_command, run_driver, subprocess_env
 
 from tcjepa.train.checkpoint import load_checkpoint
 
@@ -19,8 +19,7 @@ DRIVER = Path(__file__).with_name("head_training_driver.py")
 
 
 def _train(data: Path, work: Path, out: Path, *extra: str, ranks: int = 1) -> None:
-    subprocess.run(driver_command(DRIVER, data, work, out, *extra, ranks=ranks), env=subprocess_env(), check=True,
-                   capture_output=True, timeout=300)
+    run_driver(driver_command(DRIVER, data, work, out, *extra, ranks=ranks), timeout=300)
 
 
 @pytest.mark.slow
