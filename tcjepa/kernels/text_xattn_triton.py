@@ -143,7 +143,6 @@ def text_xattn_bwd_dq(
         cs_off = (bn * Q + tok[:, None]) * S + word[None, :]
         tl.store(p_ptr + cs_off, p.to(p_ptr.dtype.element_ty), mask=qs_in)
         tl.store(ds_ptr + cs_off, ds.to(ds_ptr.dtype.element_ty), mask=qs_in)
-        tl.store(qn_ptr + b * Q + tok, inv_qn, mask=tok_in)  # the same for every caption
         cos = tl.zeros((BLOCK_Q, BLOCK_S), tl.float32)
         dc = tl.zeros((BLOCK_Q, BLOCK_S), tl.float32)
         if HAS_DCOS:
@@ -152,6 +151,8 @@ def text_xattn_bwd_dq(
         # d cos / dq = (khat - cos qhat) / |q|; the qhat part sums dc cos over the words, which the
         # stored map gives (cos = O where relu's and the mask's gate is open).
         along_q = tl.sum(dc * cos, 1)
+        if n == N - 1:  # the same norms for every caption: stored once
+            tl.store(qn_ptr + b * Q + tok, inv_qn, mask=tok_in)
         for d0 in range(0, D, BLOCK_D):
             qd_in = tok_in[:, None] & (d0 + dim < D)[None, :]
             sd_in = word_in[:, None] & (d0 + dim < D)[None, :]
