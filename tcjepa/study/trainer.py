@@ -89,22 +89,28 @@ class StudyRun:
             self.boost_encoder_second_moment(boost[1])
         return out
 
+    def training_batch(self, step: int) -> JEPABatch:
+        """Step ``step``'s batch: its scenes, its masks and, for text variants, its captions."""
+        return self.batch(self.scenes(step), step)
+
     def advance(self, until: int) -> Optional[dict[str, torch.Tensor]]:
-        """Train to step ``until``. The next step's scenes render in a second thread while this
+        """Train to step ``until``. The next step's batch is made in a second thread while this
         step computes (the loop's DataLoader worker does the same for the demo): with one
-        intra-op thread each, the two use two cores, and scenes are a pure function of the step,
-        so the result does not depend on the overlap."""
+        intra-op thread each, the two use two cores. The mask sampler's host syncs (a redraw
+        check, the context length) then wait in that thread, not in the one launching the
+        step's work. Batches are a pure function of the step, so the result does not depend
+        on the overlap."""
         out = None
         self.model.train()
         if self.step >= until:
             return out
         with ThreadPoolExecutor(1) as pool:
-            upcoming = pool.submit(self.scenes, self.step)
+            upcoming = pool.submit(self.training_batch, self.step)
             while self.step < until:
-                scenes = upcoming.result()
+                batch = upcoming.result()
                 if self.step + 1 < until:
-                    upcoming = pool.submit(self.scenes, self.step + 1)
-                out = self.train_step(self.batch(scenes, self.step))
+                    upcoming = pool.submit(self.training_batch, self.step + 1)
+                out = self.train_step(batch)
         return out
 
     @torch.no_grad()

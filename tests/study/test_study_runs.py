@@ -44,6 +44,19 @@ def test_a_resumed_run_continues_exactly(tmp_path):
         StudyRun(VARIANTS["ijepa"], SETTINGS, 0, tmp_path / "split", None).resume()
 
 
+def test_advance_trains_on_each_steps_own_batch(tmp_path):
+    """The batch made ahead in advance()'s second thread is the one of the step it trains."""
+    bank = _bank()
+    threaded = StudyRun(VARIANTS["tc_shuffled"], SETTINGS, 0, tmp_path / "threaded", bank)
+    threaded.advance(2)
+    plain = StudyRun(VARIANTS["tc_shuffled"], SETTINGS, 0, tmp_path / "plain", bank)
+    plain.model.train()
+    for step in range(2):
+        plain.train_step(plain.training_batch(step))
+    for a, b in zip(threaded.model.state_dict().values(), plain.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
 def test_the_second_moment_boost_multiplies_the_encoder_state(tmp_path):
     run = StudyRun(VARIANTS["ijepa"], SETTINGS, 0, tmp_path / "r", None)
     run.advance(1)
