@@ -5,20 +5,23 @@ D = 384, bf16), forward + backward of ``text_cross_attention``: the difference b
 two paths, and of each against eager float32 (outputs, cosines, gradients of q, k and v;
 relative norm), the time per call (forward alone, the backward as the rest) and its peak
 memory above what was allocated before it. The fused path needs CUDA (or TRITON_INTERPRET=1
-on CPU, tiny shapes only).
+on CPU, tiny shapes only). ``--tile-sweep`` then times the fused kernels at other tile sizes
+(forward alone for the forward's tiles, forward + backward for the backward's), each checked
+against the eager result.
 
-  python -m benchmarks.text_xattn --device cuda --out results/bench/
+  python -m benchmarks.text_xattn --device cuda --out results/bench/ [--tile-sweep]
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 from typing import Any
 
 import torch
 
-from tcjepa.kernels.text_xattn import text_cross_attention
+from tcjepa.kernels.text_xattn import _backward_blocks, _blocks, text_cross_attention, tile_overrides
 
 from .common import format_table, metadata, write_results
 
@@ -59,6 +62,36 @@ def timed(fn, device, reps: int) -> tuple[float, float]:
     return 1e3 * sorted(times)[len(times) // 2], peak
 
 
+FORWARD_TILES = [dict(BLOCK_Q=bq, num_warps=w) for bq, w in itertools.product((16, 32, 64), (4, 8))]
+BACKWARD_TILES = [dict(BLOCK_Q=bq, BLOCK_D=bd) for bq, bd in itertools.product((16, 32, 64), (32, 64, 128))]
+
+
+def tile_sweep(q, k, v, mask, w_out, w_cos, device, reps: int) -> list[dict]:
+    """The fused path at each candidate tiling (raw keys): time, and its difference from eager."""
+    B, Q, D = q.shape
+    N, S = k.shape[1], k.shape[2]
+    eager = run("eager", q, k, v, mask, False, w_out, w_cos)
+    rows = []
+    for kernel, candidates in (("forward", FORWARD_TILES), ("backward", BACKWARD_TILES)):
+        for tiles in candidates:
+            row = {"kernel": kernel, **tiles}
+            try:
+                with tile_overrides(**{kernel: tiles}):
+                    launched = _blocks(Q, S, D) if kernel == "forward" else _backward_blocks(Q, S, D)
+                    row.update(launched_block_q=launched["BLOCK_Q"], launched_block_d=launched["BLOCK_D"],
+                               launched_warps=launched["num_warps"])
+                    got = run("fused", q, k, v, mask, False, w_out, w_cos)
+                    row["ms"], _ = timed(lambda: run("fused", q, k, v, mask, False, w_out, w_cos,
+                                                     backward=kernel == "backward"), device, reps)
+                for name, a, b in zip(("out", "cosines", "dq", "dk", "dv"), got, eager):
+                    row[f"rel_{name}"] = float((a - b).norm() / b.norm().clamp_min(1e-12))
+            except Exception as e:  # a tiling the GPU cannot run (shared memory, registers) is a row too
+                row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:160] if str(e).strip() else ''}"
+            rows.append(row)
+            print(f"tiles {kernel} {tiles}: " + (f"{row['ms']:.2f} ms" if "ms" in row else row["error"]), flush=True)
+    return rows
+
+
 def main(argv=None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -67,14 +100,22 @@ def main(argv=None) -> dict[str, Any]:
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--impls", default="fused,eager")
     p.add_argument("--out", default="results/bench")
+    p.add_argument("--tile-sweep", action="store_true",
+                   help="also time the fused kernels at other tile sizes (raw keys; ms is forward alone for "
+                        "the forward's tiles, forward + backward for the backward's)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     B, Q, N, S, D = (int(x) for x in args.shape.split(","))
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    impls = args.impls.split(",")
+    if device.type == "cpu" and dtype != torch.float32 and ("fused" in impls or args.tile_sweep):
+        # Its products of bf16 operands come out wrong by orders of magnitude (8e8 relative here)
+        p.error("the fused path on CPU runs under Triton's interpreter, which multiplies bf16 operands as their "
+                "raw uint16 storage (tests/kernels/conftest.py patches that for the tests only): use --dtype fp32 "
+                "on CPU, or --impls eager")
     q, k, v, mask = inputs(B, Q, N, S, D, device, dtype)
     g = torch.Generator(device="cpu").manual_seed(1)
     w_out, w_cos = torch.randn(B, Q, D, generator=g).to(device), torch.rand(B, N, Q, S, generator=g).to(device)
-    impls = args.impls.split(",")
     rows = []
     for centered in (False, True):
         results = {impl: run(impl, q, k, v, mask, centered, w_out, w_cos) for impl in impls}
@@ -103,10 +144,19 @@ def main(argv=None) -> dict[str, Any]:
     cols += [(f"fp32_rel_{n}", f"vs fp32 {n}", ".1e") for n in ("out", "dq", "dk", "dv")]
     print(f"{meta['device']} | torch {meta['torch']} | B,Q,N,S,D = {args.shape} | {args.dtype}")
     print(format_table(rows, cols))
+    sweep = tile_sweep(q, k, v, mask, w_out, w_cos, device, args.reps) if args.tile_sweep else []
+    if sweep:
+        print(format_table(sweep, [("kernel", "kernel", ""), ("launched_block_q", "BLOCK_Q", ""),
+                                   ("launched_block_d", "BLOCK_D", ""), ("launched_warps", "warps", ""),
+                                   ("ms", "ms", ".2f"), ("rel_out", "rel out", ".1e"), ("rel_dq", "rel dq", ".1e"),
+                                   ("rel_dk", "rel dk", ".1e"), ("error", "error", "")]))
     if args.out:
         j, c = write_results(args.out, f"text_xattn_{device.type}", meta, rows)
         print(f"wrote {j} and {c}")
-    return {"meta": meta, "rows": rows}
+        if sweep:
+            j, c = write_results(args.out, f"text_xattn_tiles_{device.type}", meta, sweep)
+            print(f"wrote {j} and {c}")
+    return {"meta": meta, "rows": rows, "tiles": sweep}
 
 
 if __name__ == "__main__":

@@ -23,9 +23,10 @@ compile.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 from torch import nn
@@ -92,10 +93,10 @@ def eager_text_cross_attention(q, k, v, word_mask, scale: float, cosine_keys=Non
     return out, word_cosines(q, k if cosine_keys is None else cosine_keys, word_mask)
 
 
-def _blocks(Q: int, S: int, D: int) -> dict:
+def _default_blocks(Q: int, S: int, D: int) -> dict:
     """Tile sizes: whole captions (S) and the whole width (D) per program, padded to powers of
     two of at least 16 (tl.dot's minimum); fewer tokens per program as D grows, to bound the
-    (BLOCK_Q, BLOCK_D) float32 accumulators. Not tuned on a GPU yet."""
+    (BLOCK_Q, BLOCK_D) float32 accumulators. Not tuned on a GPU yet (``tile_overrides``)."""
     block_d = max(16, next_pow2(D))
     block_q = 16 if block_d >= 512 else 32 if block_d >= 256 else 64
     return dict(BLOCK_Q=min(block_q, max(16, next_pow2(Q))), BLOCK_S=max(16, next_pow2(S)),
@@ -105,9 +106,43 @@ def _blocks(Q: int, S: int, D: int) -> dict:
 BACKWARD_D_CHUNK = 64  # the backward's D tiles (dK, dV accumulators: 64 words x 64 per program)
 
 
+def _blocks(Q: int, S: int, D: int) -> dict:
+    """The forward's tiles."""
+    return {**_default_blocks(Q, S, D), **_TILE_OVERRIDES.get("forward", {})}
+
+
 def _backward_blocks(Q: int, S: int, D: int) -> dict:
-    """The forward's tiles with D in chunks of BACKWARD_D_CHUNK."""
-    return {**_blocks(Q, S, D), "BLOCK_D": min(BACKWARD_D_CHUNK, max(16, next_pow2(D)))}
+    """The backward's: the forward's defaults with D in chunks of BACKWARD_D_CHUNK."""
+    blocks = {**_default_blocks(Q, S, D), "BLOCK_D": min(BACKWARD_D_CHUNK, max(16, next_pow2(D)))}
+    return {**blocks, **_TILE_OVERRIDES.get("backward", {})}
+
+
+_TILE_OVERRIDES: dict[str, dict] = {}
+TILE_KEYS = {"forward": ("BLOCK_Q", "num_warps"), "backward": ("BLOCK_Q", "BLOCK_D", "num_warps")}
+
+
+@contextlib.contextmanager
+def tile_overrides(forward: Optional[dict] = None, backward: Optional[dict] = None) -> Iterator[None]:
+    """Launch the kernels with other tiles than the defaults, for tile sweeps
+    (``python -m benchmarks.text_xattn --tile-sweep``). Sizes are powers of two of at least
+    16; the forward holds the whole width, so only its token block and warps can change."""
+    chosen = {"forward": dict(forward or {}), "backward": dict(backward or {})}
+    for kernel, tiles in chosen.items():
+        unknown = set(tiles) - set(TILE_KEYS[kernel])
+        if unknown:
+            raise ValueError(f"{kernel} tiles: {sorted(unknown)} cannot be set; settable: {list(TILE_KEYS[kernel])}")
+        bad = {k: v for k, v in tiles.items() if k.startswith("BLOCK_") and (v < 16 or v != next_pow2(v))}
+        if bad:
+            raise ValueError(f"{kernel} tiles {bad}: block sizes are powers of two >= 16")
+    saved = dict(_TILE_OVERRIDES)
+    _TILE_OVERRIDES.update({k: v for k, v in chosen.items() if v})
+    try:
+        yield
+    finally:
+        _TILE_OVERRIDES.clear()
+        _TILE_OVERRIDES.update(saved)
+
+
 # No software pipelining of the forward's loop over captions: each extra stage buffers another
 # caption's whole (BLOCK_S, BLOCK_D) K and V tiles, and Triton 3.6's default of 3 stages asked
 # an H200 for 274 KiB of shared memory at ViT-L/16 shapes (limit 227 KiB); one stage needs 82 KiB.

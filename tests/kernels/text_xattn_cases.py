@@ -213,3 +213,27 @@ def test_fused_call_inside_a_compiled_region():
         results.append([out.detach(), cos.detach()] + [p.grad.clone() for p in layer.parameters()])
     for a, b in zip(*results):
         assert close(a, b)
+
+
+def test_other_tiles_give_the_same_result():
+    """A tile sweep's configurations (benchmarks.text_xattn --tile-sweep) compute the same thing:
+    16-token forward and backward blocks (several per image), 16-wide backward D chunks."""
+    from tcjepa.kernels.text_xattn import _backward_blocks, _blocks, tile_overrides
+
+    layers, h, text, mask = make_case(B=2, Q=37, N=3, S=5, D=40)
+    eager = two_layers("eager", layers, h, text, mask)
+    tiles = dict(forward={"BLOCK_Q": 16, "num_warps": 2}, backward={"BLOCK_Q": 16, "BLOCK_D": 16})
+    with tile_overrides(**tiles):
+        assert _blocks(37, 5, 40)["BLOCK_Q"] == 16 and _backward_blocks(37, 5, 40)["BLOCK_D"] == 16
+        fused = two_layers("fused", layers, h, text, mask)
+    assert _blocks(37, 5, 40)["BLOCK_Q"] == 64 and _backward_blocks(37, 5, 40)["BLOCK_D"] == 64  # restored
+    for key in eager:
+        # The keys' bias gradient cancels (the softmax's part sums to zero over the words), so
+        # summing three token blocks in another order moves it by ~4e-5 of its norm.
+        assert close(fused[key], eager[key], rtol=1e-4 if key.endswith("k.bias") else 1e-5), key
+    with pytest.raises(ValueError, match="cannot be set"):
+        with tile_overrides(forward={"BLOCK_D": 64}):
+            pass
+    with pytest.raises(ValueError, match="powers of two"):
+        with tile_overrides(backward={"BLOCK_Q": 24}):
+            pass
