@@ -4,7 +4,7 @@
 #   bash benchmarks/run_gpu.sh [out_dir]               (default results/bench)
 #   BUDGET_S=1500 FILL=1 bash benchmarks/run_gpu.sh    (a longer lease: adds the fill-the-GPU batches)
 # Stages run most important first; each gets min(its cap, what is left of the budget) and a
-# stage cut short or failing does not stop the next. Each writes its own JSON + CSV (--tag), so
+# stage cut short or failing does not stop the next (scripts/stage.sh). Each writes its own JSON + CSV (--tag), so
 # a run cut short keeps what it finished. Ratios compare variants within one command only.
 # FLOPs per image come from the exact meta-device counts in results/bench (--flops-from), so
 # the GPU's time goes to timing; the counts do not depend on the device. AFTER_STAGE, if set,
@@ -19,19 +19,7 @@ mkdir -p "$OUT"
 end=$((SECONDS + BUDGET_S))
 FLOPS="--flops-from results/bench/train_step_flops.json"
 
-stage() {  # stage NAME CAP_S COMMAND...
-  local name=$1 cap=$2; shift 2
-  [[ -n "${STAGES:-}" && " $STAGES " != *" $name "* ]] && return 0
-  local left=$((end - SECONDS)); local t=$(( cap < left ? cap : left ))
-  if (( t < 15 )); then echo "== $name: skipped, budget spent"; return; fi
-  echo "== $name (up to ${t}s): $*"
-  local t0=$SECONDS
-  timeout --signal=INT --kill-after=10 "$t" "$@"
-  local rc=$?
-  echo "== $name: rc=$rc in $((SECONDS - t0))s"
-  [[ -n "${AFTER_STAGE:-}" ]] && eval "$AFTER_STAGE"
-  return 0
-}
+source scripts/stage.sh  # stage NAME CAP_S COMMAND...
 
 "$PY" -c "import torch, timm; assert torch.cuda.is_available(), 'no CUDA device'; p = torch.cuda.get_device_properties(0); print(torch.cuda.get_device_name(), f'{p.total_memory / 2**30:.1f} GiB', 'torch', torch.__version__, 'cuda', torch.version.cuda, 'timm', timm.__version__)" || exit 1
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=csv 2>/dev/null || true

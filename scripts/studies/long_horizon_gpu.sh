@@ -25,17 +25,7 @@ WORKERS=${WORKERS:-6}
 mkdir -p "$OUT" "$WORK"
 end=$((SECONDS + BUDGET_S))
 
-stage() {  # stage NAME CAP_S COMMAND...   (status 1: skipped, else 0 whatever the command's)
-  local name=$1 cap=$2; shift 2
-  [[ -n "${STAGES:-}" && " $STAGES " != *" $name "* ]] && return 1
-  local left=$((end - SECONDS)); local t=$(( cap < left ? cap : left ))
-  if (( t < 20 )); then echo "== $name: skipped, budget spent"; return 1; fi
-  echo "== $name (up to ${t}s): $*"
-  local t0=$SECONDS
-  timeout --signal=INT --kill-after=10 "$t" "$@"
-  echo "== $name: rc=$? in $((SECONDS - t0))s"
-  return 0
-}
+source scripts/stage.sh  # stage NAME CAP_S COMMAND...; status 1 when it did not run
 report() {  # report GRID
   "$PY" -m evals.longhorizon.study report --work "$WORK/$1" --out "$OUT/$1"
   cp "$WORK/$1"/worker*.log "$OUT/$1/" 2>/dev/null || true
