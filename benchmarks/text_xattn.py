@@ -5,9 +5,9 @@ D = 384, bf16), forward + backward of ``text_cross_attention``: the difference b
 two paths, and of each against eager float32 (outputs, cosines, gradients of q, k and v;
 relative norm), the time per call (forward alone, the backward as the rest) and its peak
 memory above what was allocated before it. The fused path needs CUDA (or TRITON_INTERPRET=1
-on CPU, tiny shapes only). ``--tile-sweep`` then times the fused kernels at other tile sizes
-(forward alone for the forward's tiles, forward + backward for the backward's), each checked
-against the eager result.
+on CPU, tiny shapes, float32 only). ``--tile-sweep`` then times the fused kernels at other
+tile sizes (12 forward tilings timed forward alone, 9 backward ones forward + backward), each
+checked against the eager result.
 
   python -m benchmarks.text_xattn --device cuda --out results/bench/ [--tile-sweep]
 """
@@ -62,7 +62,7 @@ def timed(fn, device, reps: int) -> tuple[float, float]:
     return 1e3 * sorted(times)[len(times) // 2], peak
 
 
-FORWARD_TILES = [dict(BLOCK_Q=bq, num_warps=w) for bq, w in itertools.product((16, 32, 64), (4, 8))]
+FORWARD_TILES = [dict(BLOCK_Q=bq, BLOCK_D=bd, num_warps=w) for bq, bd, w in itertools.product((16, 32, 64), (64, 128), (4, 8))]
 BACKWARD_TILES = [dict(BLOCK_Q=bq, BLOCK_D=bd) for bq, bd in itertools.product((16, 32, 64), (32, 64, 128))]
 
 

@@ -45,7 +45,7 @@ def triton_installed() -> bool:
     return TRITON_INSTALLED
 
 
-FUSED_MAX_WIDTH = 512  # the forward holds (BLOCK_Q, D) accumulators: wider needs a D-chunked forward
+FUSED_MAX_WIDTH = 512  # the widest the sm_90 checks cover (tests/kernels/test_text_xattn_sm90.py)
 
 
 def resolve_impl(impl: str, device: torch.device, dtype: torch.dtype = torch.bfloat16, width: int = 384) -> str:
@@ -93,44 +93,47 @@ def eager_text_cross_attention(q, k, v, word_mask, scale: float, cosine_keys=Non
     return out, word_cosines(q, k if cosine_keys is None else cosine_keys, word_mask)
 
 
-def _default_blocks(Q: int, S: int, D: int) -> dict:
-    """Tile sizes: whole captions (S) and the whole width (D) per program, padded to powers of
-    two of at least 16 (tl.dot's minimum); fewer tokens per program as D grows, to bound the
-    (BLOCK_Q, BLOCK_D) float32 accumulators. Not tuned on a GPU yet (``tile_overrides``)."""
-    block_d = max(16, next_pow2(D))
-    block_q = 16 if block_d >= 512 else 32 if block_d >= 256 else 64
-    return dict(BLOCK_Q=min(block_q, max(16, next_pow2(Q))), BLOCK_S=max(16, next_pow2(S)),
-                BLOCK_D=block_d, num_warps=4 if block_q * block_d <= 8192 else 8)
-
-
+# The forward's tiles at ViT-L/16 shapes (D=384, S=64), compiled for sm_90: ptxas reports no
+# register spills for 64 tokens x 128 channels with 8 warps, raw or centred keys, 1 or 2 stages;
+# with 4 warps it spills 0.7 KB per thread. (The first forward, 16 tokens x all 512 padded
+# channels, 4 warps: 1.8 KB.)
+FORWARD_TOKENS, FORWARD_D_CHUNK, FORWARD_WARPS = 64, 128, 8
 BACKWARD_D_CHUNK = 64  # the backward's D tiles (dK, dV accumulators: 64 words x 64 per program)
 
 
 def _blocks(Q: int, S: int, D: int) -> dict:
-    """The forward's tiles."""
-    return {**_default_blocks(Q, S, D), **_TILE_OVERRIDES.get("forward", {})}
+    """The forward's tiles: whole captions (S, padded to a power of two of at least 16, tl.dot's
+    minimum), BLOCK_Q tokens, D in chunks of FORWARD_D_CHUNK. Chosen on CPU by what ptxas
+    reports for sm_90 (no register spills; tests/kernels/test_text_xattn_sm90.py), not timed on a
+    GPU yet: ``benchmarks.text_xattn --tile-sweep`` times the others (``tile_overrides``)."""
+    blocks = dict(BLOCK_Q=min(FORWARD_TOKENS, max(16, next_pow2(Q))), BLOCK_S=max(16, next_pow2(S)),
+                  BLOCK_D=min(FORWARD_D_CHUNK, max(16, next_pow2(D))), num_warps=FORWARD_WARPS)
+    return {**blocks, **_TILE_OVERRIDES.get("forward", {})}
 
 
 def _backward_blocks(Q: int, S: int, D: int) -> dict:
-    """The backward's: the forward's defaults with D in chunks of BACKWARD_D_CHUNK."""
-    blocks = {**_default_blocks(Q, S, D), "BLOCK_D": min(BACKWARD_D_CHUNK, max(16, next_pow2(D)))}
+    """The backward's tiles: fewer tokens per program as D grows, D in chunks of BACKWARD_D_CHUNK."""
+    width = max(16, next_pow2(D))
+    block_q = 16 if width >= 512 else 32 if width >= 256 else 64
+    blocks = dict(BLOCK_Q=min(block_q, max(16, next_pow2(Q))), BLOCK_S=max(16, next_pow2(S)),
+                  BLOCK_D=min(BACKWARD_D_CHUNK, width), num_warps=4 if block_q * width <= 8192 else 8)
     return {**blocks, **_TILE_OVERRIDES.get("backward", {})}
 
 
 _TILE_OVERRIDES: dict[str, dict] = {}
-TILE_KEYS = {"forward": ("BLOCK_Q", "num_warps"), "backward": ("BLOCK_Q", "BLOCK_D", "num_warps")}
+TILE_KEYS = ("BLOCK_Q", "BLOCK_D", "num_warps")
 
 
 @contextlib.contextmanager
 def tile_overrides(forward: Optional[dict] = None, backward: Optional[dict] = None) -> Iterator[None]:
     """Launch the kernels with other tiles than the defaults, for tile sweeps
-    (``python -m benchmarks.text_xattn --tile-sweep``). Sizes are powers of two of at least
-    16; the forward holds the whole width, so only its token block and warps can change."""
+    (``python -m benchmarks.text_xattn --tile-sweep``): token block, D chunk, warps; block
+    sizes are powers of two of at least 16."""
     chosen = {"forward": dict(forward or {}), "backward": dict(backward or {})}
     for kernel, tiles in chosen.items():
-        unknown = set(tiles) - set(TILE_KEYS[kernel])
+        unknown = set(tiles) - set(TILE_KEYS)
         if unknown:
-            raise ValueError(f"{kernel} tiles: {sorted(unknown)} cannot be set; settable: {list(TILE_KEYS[kernel])}")
+            raise ValueError(f"{kernel} tiles: {sorted(unknown)} cannot be set; settable: {list(TILE_KEYS)}")
         bad = {k: v for k, v in tiles.items() if k.startswith("BLOCK_") and (v < 16 or v != next_pow2(v))}
         if bad:
             raise ValueError(f"{kernel} tiles {bad}: block sizes are powers of two >= 16")
@@ -143,9 +146,9 @@ def tile_overrides(forward: Optional[dict] = None, backward: Optional[dict] = No
         _TILE_OVERRIDES.update(saved)
 
 
-# No software pipelining of the forward's loop over captions: each extra stage buffers another
-# caption's whole (BLOCK_S, BLOCK_D) K and V tiles, and Triton 3.6's default of 3 stages asked
-# an H200 for 274 KiB of shared memory at ViT-L/16 shapes (limit 227 KiB); one stage needs 82 KiB.
+# No software pipelining of the forward's loops: the whole-width forward's loop over captions,
+# pipelined with Triton 3.6's default of 3 stages, asked an H200 for 274 KiB of shared memory at
+# ViT-L/16 shapes (limit 227 KiB). The chunked forward needs 32 KiB with one stage.
 FORWARD_STAGES = 1
 
 
@@ -174,7 +177,7 @@ class FusedTextCrossAttention(torch.autograd.Function):
         lse = torch.empty(B, N, Q, dtype=torch.float32, device=q.device)
         blocks = _blocks(Q, S, D)
         fwd, _, _ = compiled_kernels()
-        fwd[(B, -(-Q // blocks["BLOCK_Q"]))](
+        fwd[(B, -(-Q // blocks["BLOCK_Q"]), -(-D // blocks["BLOCK_D"]))](
             q, k, v, ck if ck is not None else k, mask, out, arg, cos, lse, N, Q, S, D, float(scale),
             HAS_CK=ck is not None, PRECISION=_precision(q), num_stages=FORWARD_STAGES, **blocks)
         ctx.set_materialize_grads(False)

@@ -1,12 +1,15 @@
 """Triton kernels of the fused N-caption text cross-attention (see ``text_xattn``).
 
-Forward: one program per (image, block of BLOCK_Q predictor tokens) loops over the N
-captions. Per caption it computes the logits q K^T, the softmax over that caption's real
-words, the output P V and the patch-word cosines; the outputs are max-pooled over captions in
-registers (whole (BLOCK_Q, D) accumulators), so the (B, N, Q, D) per-caption tensor never
-reaches memory. Kept for backward: the winning caption per output element (int8), the
-softmax log-normaliser per (image, caption, token) and the cosine map (which the regularizers
-keep anyway).
+Forward: one program per (image, block of BLOCK_Q predictor tokens, chunk of BLOCK_D output
+channels) loops over the N captions. Per caption it computes the logits q K^T (over all of D),
+the softmax over that caption's real words, its chunk of the output P V and the patch-word
+cosines; the outputs are max-pooled over captions in (BLOCK_Q, BLOCK_D) registers, so the
+(B, N, Q, D) per-caption tensor never reaches memory. Each chunk's program recomputes the
+logits (D / BLOCK_D times at D=384: three, a small share of the work); the first version held
+the whole width instead (D=384 padded to 512), and ptxas spilled 1.8 KB of registers per
+thread inside its loop over captions. Kept for backward: the winning caption per output
+element (int8), the softmax log-normaliser per (image, caption, token) and the cosine map
+(which the regularizers keep anyway).
 
 Backward: two kernels that work through D in chunks of BLOCK_D (whole (BLOCK_S, D) tiles
 need more shared memory than an H100 has). ``text_xattn_bwd_dq``: per (image, token block),
@@ -44,26 +47,48 @@ def text_xattn_fwd(
     HAS_CK: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
+    """One (image, token block, D chunk): per caption the logits over all of D (summed over D
+    chunks), the softmax, and P V for this program's chunk, max-pooled over captions in
+    (BLOCK_Q, BLOCK_D) registers. The logits are recomputed by each chunk's program (D / BLOCK_D
+    times, a small share of the work); the chunk-0 program stores the log-normaliser and cosines."""
     b = tl.program_id(0).to(tl.int64)
     tok = tl.program_id(1) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    c0 = tl.program_id(2) * BLOCK_D
+    first_chunk = tl.program_id(2) == 0
     word = tl.arange(0, BLOCK_S)
     dim = tl.arange(0, BLOCK_D)
-    tok_in, word_in, dim_in = tok < Q, word < S, dim < D
-    qd_in = tok_in[:, None] & dim_in[None, :]
-    sd_in = word_in[:, None] & dim_in[None, :]
+    tok_in, word_in = tok < Q, word < S
     qs_in = tok_in[:, None] & word_in[None, :]
-    qd_off = b * Q * D + tok[:, None] * D + dim[None, :]
-    q = tl.load(q_ptr + qd_off, mask=qd_in, other=0.0)
-    qf = q.to(tl.float32)
-    inv_qn = 1.0 / tl.maximum(tl.sqrt(tl.sum(qf * qf, 1)), NORM_EPS)
+    q_row = b * Q * D + tok * D
+    qsq = tl.zeros((BLOCK_Q,), tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        qc = tl.load(q_ptr + q_row[:, None] + d0 + dim[None, :], mask=tok_in[:, None] & (d0 + dim < D)[None, :],
+                     other=0.0).to(tl.float32)
+        qsq += tl.sum(qc * qc, 1)
+    inv_qn = 1.0 / tl.maximum(tl.sqrt(qsq), NORM_EPS)
+    out_in = tok_in[:, None] & (c0 + dim < D)[None, :]
+    out_off = q_row[:, None] + c0 + dim[None, :]
     best = tl.full((BLOCK_Q, BLOCK_D), float("-inf"), tl.float32)
     arg = tl.zeros((BLOCK_Q, BLOCK_D), tl.int32)
     for n in range(N):
         bn = b * N + n
-        sd_off = bn * S * D + word[:, None] * D + dim[None, :]
-        k = tl.load(k_ptr + sd_off, mask=sd_in, other=0.0)
+        k_row = bn * S * D + word * D
         real = tl.load(mask_ptr + bn * S + word, mask=word_in, other=0) != 0
-        dots = tl.dot(q, tl.trans(k), input_precision=PRECISION)  # (BLOCK_Q, BLOCK_S)
+        dots = tl.zeros((BLOCK_Q, BLOCK_S), tl.float32)
+        cdots = tl.zeros((BLOCK_Q, BLOCK_S), tl.float32)
+        ksq = tl.zeros((BLOCK_S,), tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            qd_in = tok_in[:, None] & (d0 + dim < D)[None, :]
+            sd_in = word_in[:, None] & (d0 + dim < D)[None, :]
+            qc = tl.load(q_ptr + q_row[:, None] + d0 + dim[None, :], mask=qd_in, other=0.0)
+            kc = tl.load(k_ptr + k_row[:, None] + d0 + dim[None, :], mask=sd_in, other=0.0)
+            dots += tl.dot(qc, tl.trans(kc), input_precision=PRECISION)  # (BLOCK_Q, BLOCK_S)
+            if HAS_CK:
+                ckc = tl.load(ck_ptr + k_row[:, None] + d0 + dim[None, :], mask=sd_in, other=0.0)
+                cdots += tl.dot(qc, tl.trans(ckc), input_precision=PRECISION)
+                ksq += tl.sum(ckc.to(tl.float32) * ckc.to(tl.float32), 1)
+            else:  # raw keys: the logits' dot products are the cosines' numerators
+                ksq += tl.sum(kc.to(tl.float32) * kc.to(tl.float32), 1)
         logits = tl.where(real[None, :], dots * scale, float("-inf"))
         row_max = tl.max(logits, 1)
         row_max = tl.where(row_max == float("-inf"), 0.0, row_max)  # a caption without words
@@ -71,8 +96,8 @@ def text_xattn_fwd(
         total = tl.sum(p, 1)
         total = tl.where(total == 0.0, 1.0, total)  # ... gets zero output, not NaN
         p = p / total[:, None]
-        tl.store(lse_ptr + bn * Q + tok, row_max + tl.log(total), mask=tok_in)
-        v = tl.load(v_ptr + sd_off, mask=sd_in, other=0.0)
+        v = tl.load(v_ptr + k_row[:, None] + c0 + dim[None, :], mask=word_in[:, None] & (c0 + dim < D)[None, :],
+                    other=0.0)
         o = tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         # Compare in the output dtype, as the eager path's max over its rounded per-caption
         # outputs does: values equal after rounding go to the first caption there too.
@@ -80,20 +105,17 @@ def text_xattn_fwd(
         better = o > best
         best = tl.where(better, o, best)
         arg = tl.where(better, n, arg)
-        if HAS_CK:
-            ck = tl.load(ck_ptr + sd_off, mask=sd_in, other=0.0)
-            cdots = tl.dot(q, tl.trans(ck), input_precision=PRECISION)
-            ckf = ck.to(tl.float32)
-        else:  # raw keys: the logits' dot products are the cosines' numerators
-            cdots = dots
-            ckf = k.to(tl.float32)
-        inv_kn = 1.0 / tl.maximum(tl.sqrt(tl.sum(ckf * ckf, 1)), NORM_EPS)
-        cos = cdots * inv_qn[:, None] * inv_kn[None, :]
-        cos = tl.where(real[None, :] & (cos > 0), cos, 0.0)
-        cos_off = (bn * Q + tok[:, None]) * S + word[None, :]
-        tl.store(cos_ptr + cos_off, cos.to(cos_ptr.dtype.element_ty), mask=qs_in)
-    tl.store(out_ptr + qd_off, best.to(out_ptr.dtype.element_ty), mask=qd_in)
-    tl.store(arg_ptr + qd_off, arg.to(tl.int8), mask=qd_in)
+        if first_chunk:
+            tl.store(lse_ptr + bn * Q + tok, row_max + tl.log(total), mask=tok_in)
+            if not HAS_CK:
+                cdots = dots
+            inv_kn = 1.0 / tl.maximum(tl.sqrt(ksq), NORM_EPS)
+            cos = cdots * inv_qn[:, None] * inv_kn[None, :]
+            cos = tl.where(real[None, :] & (cos > 0), cos, 0.0)
+            cos_off = (bn * Q + tok[:, None]) * S + word[None, :]
+            tl.store(cos_ptr + cos_off, cos.to(cos_ptr.dtype.element_ty), mask=qs_in)
+    tl.store(out_ptr + out_off, best.to(out_ptr.dtype.element_ty), mask=out_in)
+    tl.store(arg_ptr + out_off, arg.to(tl.int8), mask=out_in)
 
 
 def text_xattn_bwd_dq(

@@ -1,20 +1,26 @@
-"""The fused kernels fit a Hopper GPU's shared memory as they are launched, checked without a GPU.
+"""The fused kernels fit a Hopper GPU as they are launched, checked without a GPU.
 
-``triton.compile`` with a CUDA target builds the kernels for sm_90 on a CPU machine. What
-decides their shared memory is the launch's specialisation: Triton marks pointers and integer
-arguments divisible by 16, which lets it pipeline the loads of the loop over captions (each
-stage buffering another caption's K and V tiles). Compiled without those marks, the forward
-needed 82 KiB; launched on an H200 by Triton 3.6 with its default three stages it asked for
-274 KiB (limit 227 KiB) and failed. So the check passes the same marks and options as
-``FusedTextCrossAttention`` does.
+``triton.compile`` with a CUDA target builds the kernels for sm_90 on a CPU machine, ptxas
+included, which reports each kernel's registers and spills. What decides their shared memory
+is the launch's specialisation: Triton marks pointers and integer arguments divisible by 16,
+which lets it pipeline the loads of the loops (each stage buffering more K and V tiles).
+Compiled without those marks, the first (whole-width) forward needed 82 KiB; launched on an
+H200 by Triton 3.6 with its default three stages it asked for 274 KiB (limit 227 KiB) and
+failed. So the checks pass the same marks and options as ``FusedTextCrossAttention`` does.
+Spills: that forward also spilled 1.8 KB of registers per thread inside its loop over
+captions (255 registers, 4 warps), local-memory traffic in the kernel's hottest loop.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
+import re
 
 import pytest
 
 triton = pytest.importorskip("triton")
+from triton import knobs  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
@@ -37,27 +43,51 @@ def compile_for_sm90(fn, sizes: dict, constants: dict, num_warps: int, num_stage
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
 
 
+def launches(Q: int, S: int, D: int) -> list[tuple]:
+    """(name, kernel, tiles, extra constants, stages) of each kernel as the launcher runs it."""
+    forward, backward = _blocks(Q, S, D), _backward_blocks(Q, S, D)
+    return [("forward", kernels.text_xattn_fwd, forward, {}, FORWARD_STAGES),
+            ("backward dq", kernels.text_xattn_bwd_dq, backward, {"HAS_DCOS": True}, None),
+            ("backward dk dv", kernels.text_xattn_bwd_dkv, backward, {"HAS_DCOS": True}, None)]
+
+
+def compile_as_launched(fn, shape, blocks, extra, stages, centred):
+    N, Q, S, D = shape
+    blocks = dict(blocks)
+    warps = blocks.pop("num_warps")
+    constants = {"HAS_CK": centred, "PRECISION": "tf32", **extra, **blocks}
+    return compile_for_sm90(fn, {"N": N, "Q": Q, "S": S, "D": D}, constants, warps, stages)
+
+
 @pytest.mark.parametrize("centred", [False, True], ids=["raw_keys", "centred_keys"])
 @pytest.mark.parametrize("shape", [(8, 440, 64, 384), (3, 37, 13, 48)], ids=["vit_l16", "odd"])
 def test_each_kernel_fits_hopper_shared_memory_as_launched(shape, centred):
-    N, Q, S, D = shape
-    sizes = {"N": N, "Q": Q, "S": S, "D": D}
-    forward, backward = _blocks(Q, S, D), _backward_blocks(Q, S, D)
-    launches = [("forward", kernels.text_xattn_fwd, forward, {}, FORWARD_STAGES),
-                ("backward dq", kernels.text_xattn_bwd_dq, backward, {"HAS_DCOS": True}, None),
-                ("backward dk dv", kernels.text_xattn_bwd_dkv, backward, {"HAS_DCOS": True}, None)]
-    for name, fn, blocks, extra, stages in launches:
-        blocks = dict(blocks)
-        warps = blocks.pop("num_warps")
-        constants = {"HAS_CK": centred, "PRECISION": "tf32", **extra, **blocks}
-        shared = compile_for_sm90(fn, sizes, constants, warps, stages).metadata.shared
+    for name, fn, blocks, extra, stages in launches(*shape[1:]):
+        shared = compile_as_launched(fn, shape, blocks, extra, stages, centred).metadata.shared
         assert shared <= HOPPER_SHARED_BYTES, f"{name} at N, Q, S, D = {shape}: {shared} bytes of shared memory"
 
 
-def test_the_check_sees_what_failed_on_the_h200():
-    """The forward with Triton's default stages at ViT-L/16 shapes is what the H200 refused."""
-    blocks = _blocks(440, 64, 384)
-    warps = blocks.pop("num_warps")
+@pytest.mark.parametrize("centred", [False, True], ids=["raw_keys", "centred_keys"])
+def test_no_kernel_spills_registers_at_vit_l16_shapes(centred):
+    """ptxas's own report (-v, which Triton passes), read from Triton's ptxas log."""
+    shape = (8, 328, 64, 384)  # the ViT-L/16 step's mean: 4 blocks x (48 + 34) tokens per image
+    saved = knobs.nvidia.dump_ptxas_log, knobs.compilation.always_compile
+    knobs.nvidia.dump_ptxas_log, knobs.compilation.always_compile = True, True  # a cached kernel logs nothing
+    try:
+        for name, fn, blocks, extra, stages in launches(*shape[1:]):
+            log = io.StringIO()
+            with contextlib.redirect_stdout(log):
+                compile_as_launched(fn, shape, blocks, extra, stages, centred)
+            spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log.getvalue())
+            assert spills, f"{name}: no ptxas report in Triton's log:\n{log.getvalue()[-2000:]}"
+            assert spills.groups() == ("0", "0"), f"{name} at N, Q, S, D = {shape}: {spills.group(0)}"
+    finally:
+        knobs.nvidia.dump_ptxas_log, knobs.compilation.always_compile = saved
+
+
+def test_the_check_fails_a_tiling_that_does_not_fit():
+    """The shared-memory check can fail: 128 tokens x 256 channels, pipelined in 3 stages."""
     compiled = compile_for_sm90(kernels.text_xattn_fwd, {"N": 8, "Q": 440, "S": 64, "D": 384},
-                                {"HAS_CK": True, "PRECISION": "tf32", **blocks}, warps, num_stages=3)
+                                {"HAS_CK": True, "PRECISION": "tf32", "BLOCK_Q": 128, "BLOCK_S": 64, "BLOCK_D": 256},
+                                num_warps=8, num_stages=3)
     assert compiled.metadata.shared > HOPPER_SHARED_BYTES

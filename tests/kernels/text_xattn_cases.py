@@ -86,6 +86,7 @@ CASES = {  # S, Q and D are not powers of two; every case has padded words and a
     "eight_captions": dict(B=2, Q=9, N=8, S=7),
     "batch_1": dict(B=1, Q=21, N=2, S=3, D=72),  # D > 64: the backward's D chunks, the last one partial
     "two_token_blocks": dict(B=1, Q=70, N=2, S=3),  # 64 tokens per program: two add into each word
+    "wide": dict(B=1, Q=9, N=3, S=4, D=136),  # D > 128: two forward chunks, the second partial
 }
 
 
@@ -217,14 +218,15 @@ def test_fused_call_inside_a_compiled_region():
 
 def test_other_tiles_give_the_same_result():
     """A tile sweep's configurations (benchmarks.text_xattn --tile-sweep) compute the same thing:
-    16-token forward and backward blocks (several per image), 16-wide backward D chunks."""
+    16-token forward and backward blocks (several per image), 16-wide D chunks in both (three
+    per row at D=40, the last one partial)."""
     from tcjepa.kernels.text_xattn import _backward_blocks, _blocks, tile_overrides
 
     layers, h, text, mask = make_case(B=2, Q=37, N=3, S=5, D=40)
     eager = two_layers("eager", layers, h, text, mask)
-    tiles = dict(forward={"BLOCK_Q": 16, "num_warps": 2}, backward={"BLOCK_Q": 16, "BLOCK_D": 16})
+    tiles = dict(forward={"BLOCK_Q": 16, "BLOCK_D": 16, "num_warps": 2}, backward={"BLOCK_Q": 16, "BLOCK_D": 16})
     with tile_overrides(**tiles):
-        assert _blocks(37, 5, 40)["BLOCK_Q"] == 16 and _backward_blocks(37, 5, 40)["BLOCK_D"] == 16
+        assert _blocks(37, 5, 40)["BLOCK_D"] == 16 and _backward_blocks(37, 5, 40)["BLOCK_D"] == 16
         fused = two_layers("fused", layers, h, text, mask)
     assert _blocks(37, 5, 40)["BLOCK_Q"] == 64 and _backward_blocks(37, 5, 40)["BLOCK_D"] == 64  # restored
     for key in eager:
@@ -232,7 +234,7 @@ def test_other_tiles_give_the_same_result():
         # summing three token blocks in another order moves it by ~4e-5 of its norm.
         assert close(fused[key], eager[key], rtol=1e-4 if key.endswith("k.bias") else 1e-5), key
     with pytest.raises(ValueError, match="cannot be set"):
-        with tile_overrides(forward={"BLOCK_D": 64}):
+        with tile_overrides(forward={"BLOCK_S": 64}):
             pass
     with pytest.raises(ValueError, match="powers of two"):
         with tile_overrides(backward={"BLOCK_Q": 24}):
