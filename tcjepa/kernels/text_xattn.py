@@ -8,7 +8,7 @@ chooses the implementation (``model.text_attention_impl``):
 
 - ``eager``: PyTorch ops. The per-caption outputs (B, N, Q, D) are a tensor, kept for the
   max's backward, and so are the logits and probabilities (B, N, S, Q).
-- ``fused``: one Triton kernel (``text_xattn_triton``) for forward and one for backward. The
+- ``fused``: one Triton kernel (``text_xattn_triton``) for forward and two for backward. The
   max over captions runs in registers, so nothing of size (B, N, Q, D) is written; backward
   keeps the winning caption per output element (int8), a log-normaliser per (image, caption,
   token) and the cosine map, which it writes in the inputs' dtype (bf16 under autocast).
