@@ -33,10 +33,10 @@ REF=${REF:-../shared/ref/ijepa}
 #    TC-JEPA N=8 fused / fused+compiled / eager, one process per model (ratios from one run;
 #    each row is written as it finishes); the 200-step bf16 loss curves, fused vs eager.
 stage xattn_kernel 40 "$PY" -m benchmarks.text_xattn --device cuda --out "$OUT"
-# The kernels at other tile sizes (21 tilings, each compiled and checked against eager; the log
+# The kernels at other tile sizes (30 tilings, each compiled and checked against eager; the log
 # has each row as it finishes, the JSON all of them at the end), at the ViT-L/16 step's mean
 # shape: 4 blocks x (48 context + 34 target tokens) per image, batch 128.
-stage xattn_tiles 100 "$PY" -m benchmarks.text_xattn --device cuda --shape 128,328,8,64,384 --tile-sweep --reps 5 --out "$OUT/tiles"
+stage xattn_tiles 130 "$PY" -m benchmarks.text_xattn --device cuda --shape 128,328,8,64,384 --tile-sweep --reps 5 --out "$OUT/tiles"
 stage ref_large 230 "$PY" -m benchmarks.reference_ijepa --reference-ijepa "$REF" --device cuda --models vit_large $FLOPS --out "$OUT" --tag large
 # The fused step's kernel-category profile beside I-JEPA's and the eager attention's (what remains).
 stage profile_fused 90 "$PY" -m benchmarks.train_step --device cuda --models vit_large --variants ijepa,tc_n8_xattn --attention-impl fused --profile 3 $FLOPS --out "$OUT" --tag large_fused_profile

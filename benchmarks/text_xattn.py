@@ -8,8 +8,8 @@ two paths, and of each against eager float32 (outputs, cosines, gradients of q, 
 relative norm), the time per call (forward alone, the backward as the rest) and its peak
 memory above what was allocated before it. The fused path needs CUDA (or TRITON_INTERPRET=1
 on CPU, tiny shapes, float32 only). ``--tile-sweep`` then times the fused kernels at other
-tile sizes (12 forward tilings timed forward alone, 9 backward ones forward + backward), each
-checked against the eager result.
+tile sizes (12 forward tilings timed forward alone; 9 of each backward kernel, dq and dK / dV,
+timed forward + backward), each checked against the eager result.
 
   python -m benchmarks.text_xattn --device cuda --out results/bench/ [--tile-sweep]
 """
@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from tcjepa.kernels.text_xattn import _backward_blocks, _blocks, text_cross_attention, tile_overrides
+from tcjepa.kernels.text_xattn import _tiles, text_cross_attention, tile_overrides
 
 from .common import format_table, metadata, write_results
 
@@ -64,27 +64,32 @@ def timed(fn, device, reps: int) -> tuple[float, float]:
     return 1e3 * sorted(times)[len(times) // 2], peak
 
 
-FORWARD_TILES = [dict(BLOCK_Q=bq, BLOCK_D=bd, num_warps=w) for bq, bd, w in itertools.product((16, 32, 64), (64, 128), (4, 8))]
 BACKWARD_TILES = [dict(BLOCK_Q=bq, BLOCK_D=bd) for bq, bd in itertools.product((16, 32, 64), (32, 64, 128))]
+SWEEP = {  # kernel -> tilings; each timed with the other kernels at their defaults
+    "forward": [dict(BLOCK_Q=bq, BLOCK_D=bd, num_warps=w) for bq, bd, w in itertools.product((16, 32, 64), (64, 128), (4, 8))],
+    "dq": BACKWARD_TILES,
+    "dkv": BACKWARD_TILES,
+}
 
 
 def tile_sweep(q, k, v, mask, w_out, w_cos, device, reps: int) -> list[dict]:
-    """The fused path at each candidate tiling (raw keys): time, and its difference from eager."""
+    """The fused path at each candidate tiling (raw keys): time, and its difference from eager.
+    ms is the forward alone for the forward's tilings, forward + backward for dq's and dkv's."""
     B, Q, D = q.shape
     N, S = k.shape[1], k.shape[2]
     eager = run("eager", q, k, v, mask, False, w_out, w_cos)
     rows = []
-    for kernel, candidates in (("forward", FORWARD_TILES), ("backward", BACKWARD_TILES)):
+    for kernel, candidates in SWEEP.items():
         for tiles in candidates:
             row = {"kernel": kernel, **tiles}
             try:
                 with tile_overrides(**{kernel: tiles}):
-                    launched = _blocks(Q, S, D) if kernel == "forward" else _backward_blocks(Q, S, D)
+                    launched = _tiles(kernel, Q, S, D)
                     row.update(launched_block_q=launched["BLOCK_Q"], launched_block_d=launched["BLOCK_D"],
                                launched_warps=launched["num_warps"])
                     got = run("fused", q, k, v, mask, False, w_out, w_cos)
                     row["ms"], _ = timed(lambda: run("fused", q, k, v, mask, False, w_out, w_cos,
-                                                     backward=kernel == "backward"), device, reps)
+                                                     backward=kernel != "forward"), device, reps)
                 for name, a, b in zip(("out", "cosines", "dq", "dk", "dv"), got, eager):
                     row[f"rel_{name}"] = float((a - b).norm() / b.norm().clamp_min(1e-12))
             except Exception as e:  # a tiling the GPU cannot run (shared memory, registers) is a row too
@@ -104,7 +109,7 @@ def main(argv=None) -> dict[str, Any]:
     p.add_argument("--out", default="results/bench")
     p.add_argument("--tile-sweep", action="store_true",
                    help="also time the fused kernels at other tile sizes (raw keys; ms is forward alone for "
-                        "the forward's tiles, forward + backward for the backward's)")
+                        "the forward's tiles, forward + backward for those of the two backward kernels)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     B, Q, N, S, D = (int(x) for x in args.shape.split(","))

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The GPU measurements every open issue still waits for, most important first, in two device
 # calls: a short one whose checks decide the long one (or both in one: PART=all).
-#   bash scripts/gpu_session.sh smoke    (about 190 s)
+#   bash scripts/gpu_session.sh smoke    (about 220 s)
 #       the fused text cross-attention against eager at ViT-L/16 shapes (errors and times,
-#       results/bench/text_xattn_cuda.*), then 21 tilings at the step's shape
+#       results/bench/text_xattn_cuda.*), then 30 tilings at the step's shape
 #       (results/bench/tiles/); the public I-JEPA step beside ours at tiny size, no
 #       compile (does the reference import, does our harness run there); the long-horizon fast
 #       path's steps/s on the GPU (results/studies/long-horizon/gpu/speed.txt)
@@ -62,7 +62,7 @@ part() {  # part CAP_S SCRIPT STAGES: SCRIPT's STAGES with min(CAP_S, what is le
 "$PY" -c "import torch, triton; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(), 'torch', torch.__version__, 'triton', triton.__version__)" || exit 1
 if [[ $PART == smoke || $PART == all ]]; then
   part 45 bench xattn_kernel
-  part 105 bench xattn_tiles
+  part 135 bench xattn_tiles
   echo "== reference smoke (up to 40s)"
   timeout --signal=INT --kill-after=10 40 "$PY" -m benchmarks.reference_ijepa --reference-ijepa "$REFERENCE_IJEPA" \
     --device cuda --tiny --rows "ijepa eager,tc_n8 fused,tc_n8 eager" --out ""

@@ -101,23 +101,25 @@ FORWARD_TOKENS, FORWARD_D_CHUNK, FORWARD_WARPS = 64, 128, 8
 BACKWARD_D_CHUNK = 64  # the backward's D tiles (dK, dV accumulators: 64 words x 64 per program)
 
 
-def _blocks(Q: int, S: int, D: int) -> dict:
-    """The forward's tiles: whole captions (S, padded to a power of two of at least 16, tl.dot's
-    minimum), BLOCK_Q tokens, D in chunks of FORWARD_D_CHUNK. Chosen on CPU by what ptxas
-    reports for sm_90 (no register spills; tests/kernels/test_text_xattn_sm90.py), not timed on a
-    GPU yet: ``benchmarks.text_xattn --tile-sweep`` times the others (``tile_overrides``)."""
-    blocks = dict(BLOCK_Q=min(FORWARD_TOKENS, max(16, next_pow2(Q))), BLOCK_S=max(16, next_pow2(S)),
-                  BLOCK_D=min(FORWARD_D_CHUNK, max(16, next_pow2(D))), num_warps=FORWARD_WARPS)
-    return {**blocks, **_TILE_OVERRIDES.get("forward", {})}
+KERNELS = ("forward", "dq", "dkv")  # the backward is two kernels: dq, then dK and dV
 
 
-def _backward_blocks(Q: int, S: int, D: int) -> dict:
-    """The backward's tiles: fewer tokens per program as D grows, D in chunks of BACKWARD_D_CHUNK."""
-    width = max(16, next_pow2(D))
-    block_q = 16 if width >= 512 else 32 if width >= 256 else 64
-    blocks = dict(BLOCK_Q=min(block_q, max(16, next_pow2(Q))), BLOCK_S=max(16, next_pow2(S)),
-                  BLOCK_D=min(BACKWARD_D_CHUNK, width), num_warps=4 if block_q * width <= 8192 else 8)
-    return {**blocks, **_TILE_OVERRIDES.get("backward", {})}
+def _tiles(kernel: str, Q: int, S: int, D: int) -> dict:
+    """A kernel's tiles: whole captions (S, padded to a power of two of at least 16, tl.dot's
+    minimum), BLOCK_Q tokens and D in chunks of BLOCK_D. The forward's were chosen on CPU by
+    what ptxas reports for sm_90 (no register spills: tests/kernels/test_text_xattn_sm90.py);
+    the backward's take fewer tokens as D grows. None is timed on a GPU yet:
+    ``benchmarks.text_xattn --tile-sweep`` times others (``tile_overrides``)."""
+    block_s = max(16, next_pow2(S))
+    if kernel == "forward":
+        blocks = dict(BLOCK_Q=min(FORWARD_TOKENS, max(16, next_pow2(Q))), BLOCK_S=block_s,
+                      BLOCK_D=min(FORWARD_D_CHUNK, max(16, next_pow2(D))), num_warps=FORWARD_WARPS)
+    else:
+        width = max(16, next_pow2(D))
+        block_q = 16 if width >= 512 else 32 if width >= 256 else 64
+        blocks = dict(BLOCK_Q=min(block_q, max(16, next_pow2(Q))), BLOCK_S=block_s,
+                      BLOCK_D=min(BACKWARD_D_CHUNK, width), num_warps=4 if block_q * width <= 8192 else 8)
+    return {**blocks, **_TILE_OVERRIDES.get(kernel, {})}
 
 
 _TILE_OVERRIDES: dict[str, dict] = {}
@@ -125,20 +127,21 @@ TILE_KEYS = ("BLOCK_Q", "BLOCK_D", "num_warps")
 
 
 @contextlib.contextmanager
-def tile_overrides(forward: Optional[dict] = None, backward: Optional[dict] = None) -> Iterator[None]:
-    """Launch the kernels with other tiles than the defaults, for tile sweeps
-    (``python -m benchmarks.text_xattn --tile-sweep``): token block, D chunk, warps; block
-    sizes are powers of two of at least 16."""
-    chosen = {"forward": dict(forward or {}), "backward": dict(backward or {})}
-    for kernel, tiles in chosen.items():
-        unknown = set(tiles) - set(TILE_KEYS)
+def tile_overrides(**tiles: dict) -> Iterator[None]:
+    """Launch the kernels (``forward=``, ``dq=``, ``dkv=``) with other tiles than the defaults,
+    for tile sweeps (``python -m benchmarks.text_xattn --tile-sweep``): token block, D chunk,
+    warps; block sizes are powers of two of at least 16."""
+    for kernel, chosen in tiles.items():
+        if kernel not in KERNELS:
+            raise ValueError(f"no kernel {kernel!r}: tiles are set for {list(KERNELS)}")
+        unknown = set(chosen) - set(TILE_KEYS)
         if unknown:
             raise ValueError(f"{kernel} tiles: {sorted(unknown)} cannot be set; settable: {list(TILE_KEYS)}")
-        bad = {k: v for k, v in tiles.items() if k.startswith("BLOCK_") and (v < 16 or v != next_pow2(v))}
+        bad = {k: v for k, v in chosen.items() if k.startswith("BLOCK_") and (v < 16 or v != next_pow2(v))}
         if bad:
             raise ValueError(f"{kernel} tiles {bad}: block sizes are powers of two >= 16")
     saved = dict(_TILE_OVERRIDES)
-    _TILE_OVERRIDES.update({k: v for k, v in chosen.items() if v})
+    _TILE_OVERRIDES.update({k: dict(v) for k, v in tiles.items() if v})
     try:
         yield
     finally:
@@ -175,7 +178,7 @@ class FusedTextCrossAttention(torch.autograd.Function):
         arg = torch.empty(B, Q, D, dtype=torch.int8, device=q.device)
         cos = torch.empty(B, N, Q, S, dtype=q.dtype, device=q.device)
         lse = torch.empty(B, N, Q, dtype=torch.float32, device=q.device)
-        blocks = _blocks(Q, S, D)
+        blocks = _tiles("forward", Q, S, D)
         fwd, _, _ = compiled_kernels()
         fwd[(B, -(-Q // blocks["BLOCK_Q"]), -(-D // blocks["BLOCK_D"]))](
             q, k, v, ck if ck is not None else k, mask, out, arg, cos, lse, N, Q, S, D, float(scale),
@@ -205,13 +208,14 @@ class FusedTextCrossAttention(torch.autograd.Function):
         # wide, not D), and the inverse query norms.
         probs, dscores = torch.empty_like(cos), torch.empty_like(cos)
         inv_qnorm = torch.empty(B, Q, dtype=torch.float32, device=q.device)
-        blocks = _backward_blocks(Q, S, D)
-        common = dict(HAS_CK=ctx.has_ck, HAS_DCOS=has_dcos, PRECISION=_precision(q), **blocks)
+        common = dict(HAS_CK=ctx.has_ck, HAS_DCOS=has_dcos, PRECISION=_precision(q))
+        dq_tiles, dkv_tiles = _tiles("dq", Q, S, D), _tiles("dkv", Q, S, D)
         _, bwd_dq, bwd_dkv = compiled_kernels()
-        bwd_dq[(B, -(-Q // blocks["BLOCK_Q"]))](q, k, v, ck, mask, arg, cos, lse, dout, dcos, dq,
-                                                 probs, dscores, inv_qnorm, N, Q, S, D, ctx.scale, **common)
-        bwd_dkv[(N * -(-D // blocks["BLOCK_D"]), B)](q, ck, arg, cos, dout, dcos, probs, dscores, inv_qnorm,
-                                                     dk, dv, dck, N, Q, S, D, **common)
+        bwd_dq[(B, -(-Q // dq_tiles["BLOCK_Q"]))](q, k, v, ck, mask, arg, cos, lse, dout, dcos, dq,
+                                                   probs, dscores, inv_qnorm, N, Q, S, D, ctx.scale,
+                                                   **common, **dq_tiles)
+        bwd_dkv[(N * -(-D // dkv_tiles["BLOCK_D"]), B)](q, ck, arg, cos, dout, dcos, probs, dscores, inv_qnorm,
+                                                        dk, dv, dck, N, Q, S, D, **common, **dkv_tiles)
         return dq.to(q.dtype), dk, dv, dck if ctx.has_ck and has_dcos else None, None, None
 
 

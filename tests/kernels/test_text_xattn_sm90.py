@@ -25,7 +25,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from tcjepa.kernels import text_xattn_triton as kernels  # noqa: E402
-from tcjepa.kernels.text_xattn import FORWARD_STAGES, _backward_blocks, _blocks  # noqa: E402
+from tcjepa.kernels.text_xattn import FORWARD_STAGES, _tiles  # noqa: E402
 
 HOPPER_SHARED_BYTES = 232448  # an H100's / H200's opt-in shared memory per block (227 KiB)
 POINTER_TYPES = {"mask_ptr": "*i8", "arg_ptr": "*i8", "lse_ptr": "*fp32", "dq_ptr": "*fp32", "qn_ptr": "*fp32"}
@@ -45,10 +45,9 @@ def compile_for_sm90(fn, sizes: dict, constants: dict, num_warps: int, num_stage
 
 def launches(Q: int, S: int, D: int) -> list[tuple]:
     """(name, kernel, tiles, extra constants, stages) of each kernel as the launcher runs it."""
-    forward, backward = _blocks(Q, S, D), _backward_blocks(Q, S, D)
-    return [("forward", kernels.text_xattn_fwd, forward, {}, FORWARD_STAGES),
-            ("backward dq", kernels.text_xattn_bwd_dq, backward, {"HAS_DCOS": True}, None),
-            ("backward dk dv", kernels.text_xattn_bwd_dkv, backward, {"HAS_DCOS": True}, None)]
+    return [("forward", kernels.text_xattn_fwd, _tiles("forward", Q, S, D), {}, FORWARD_STAGES),
+            ("backward dq", kernels.text_xattn_bwd_dq, _tiles("dq", Q, S, D), {"HAS_DCOS": True}, None),
+            ("backward dk dv", kernels.text_xattn_bwd_dkv, _tiles("dkv", Q, S, D), {"HAS_DCOS": True}, None)]
 
 
 def compile_as_launched(fn, shape, blocks, extra, stages, centred):

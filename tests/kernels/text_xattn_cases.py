@@ -218,17 +218,18 @@ def test_fused_call_inside_a_compiled_region():
 
 def test_other_tiles_give_the_same_result():
     """A tile sweep's configurations (benchmarks.text_xattn --tile-sweep) compute the same thing:
-    16-token forward and backward blocks (several per image), 16-wide D chunks in both (three
-    per row at D=40, the last one partial)."""
-    from tcjepa.kernels.text_xattn import _backward_blocks, _blocks, tile_overrides
+    16-token blocks in all three kernels (several per image), 16-wide D chunks in the forward and
+    dq (three per row at D=40, the last one partial), 32-wide in dK / dV."""
+    from tcjepa.kernels.text_xattn import _tiles, tile_overrides
 
     layers, h, text, mask = make_case(B=2, Q=37, N=3, S=5, D=40)
     eager = two_layers("eager", layers, h, text, mask)
-    tiles = dict(forward={"BLOCK_Q": 16, "BLOCK_D": 16, "num_warps": 2}, backward={"BLOCK_Q": 16, "BLOCK_D": 16})
+    tiles = dict(forward={"BLOCK_Q": 16, "BLOCK_D": 16, "num_warps": 2}, dq={"BLOCK_Q": 16, "BLOCK_D": 16},
+                 dkv={"BLOCK_Q": 16, "BLOCK_D": 32})
     with tile_overrides(**tiles):
-        assert _blocks(37, 5, 40)["BLOCK_D"] == 16 and _backward_blocks(37, 5, 40)["BLOCK_D"] == 16
+        assert [_tiles(k, 37, 5, 40)["BLOCK_D"] for k in ("forward", "dq", "dkv")] == [16, 16, 32]
         fused = two_layers("fused", layers, h, text, mask)
-    assert _blocks(37, 5, 40)["BLOCK_Q"] == 64 and _backward_blocks(37, 5, 40)["BLOCK_D"] == 64  # restored
+    assert [_tiles(k, 37, 5, 40)["BLOCK_D"] for k in ("forward", "dq", "dkv")] == [64, 64, 64]  # restored
     for key in eager:
         # The keys' bias gradient cancels (the softmax's part sums to zero over the words), so
         # summing three token blocks in another order moves it by ~4e-5 of its norm.
@@ -237,5 +238,8 @@ def test_other_tiles_give_the_same_result():
         with tile_overrides(forward={"BLOCK_S": 64}):
             pass
     with pytest.raises(ValueError, match="powers of two"):
-        with tile_overrides(backward={"BLOCK_Q": 24}):
+        with tile_overrides(dq={"BLOCK_Q": 24}):
+            pass
+    with pytest.raises(ValueError, match="no kernel 'backward'"):
+        with tile_overrides(backward={"BLOCK_Q": 16}):
             pass
