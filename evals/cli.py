@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Optional, Sequence
 
 from tcjepa.cli.help import document_defaults
 from tcjepa.errors import UserError as ProjectUserError
+from tcjepa.train.distributed import cleanup
 
 from evals.backbones import UserError, describe_backbones
 from evals.command_helpers import add_backbone_arguments, backbone_from_args, backbone_info, method_name, write_record
@@ -207,6 +209,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except FileNotFoundError as e:
         print(f"tcjepa-eval: error: {e.filename or e}: no such file or folder", file=sys.stderr)
         return 2
+    finally:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # A torchrun rank leaves the group it joined (training's loop does the same): left to
+            # interpreter shutdown, gloo's worker threads can abort the process after a run
+            # whose work is done (pytorch PR 179291), and NCCL warns of a leaked group.
+            cleanup()
 
 
 if __name__ == "__main__":

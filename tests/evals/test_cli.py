@@ -36,6 +36,18 @@ def test_user_errors_exit_2_with_one_line(tmp_path, capsys):
     assert "no such folder" in one_line_error(capsys, ["tables", "--out", str(tmp_path / "t"), "--runs", str(tmp_path / "none")])
 
 
+def test_a_torchrun_rank_leaves_its_process_group_however_the_command_ends(tmp_path, capsys, monkeypatch):
+    import evals.cli
+
+    left = []
+    monkeypatch.setattr(evals.cli, "cleanup", lambda: left.append(True))
+    assert main(["backbones"]) == 0 and left == []  # no torchrun: nothing to leave
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["backbones"]) == 0 and left == [True]
+    one_line_error(capsys, ["tables", "--out", str(tmp_path / "t"), "--runs", str(tmp_path / "none")])
+    assert left == [True, True]
+
+
 def test_backbones_lists_registry(capsys):
     assert main(["backbones"]) == 0
     out = capsys.readouterr().out
