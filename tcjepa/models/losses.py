@@ -100,10 +100,15 @@ class _GroundingSums(torch.autograd.Function):
     already keeps for the backward of the relu that made them; the backward recomputes Obar
     and the signs.
     d/dO^(j) consist = (1/L) (sign(O^(j) - Obar) - (1/L) sum_l sign(O^(l) - Obar)).
+
+    Written in the ``setup_context`` form with a generated vmap rule, so ``torch.func``
+    transforms (``grad``, ``vmap`` over stacked models) can run through it.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, *maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(*maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         L = len(maps)
         obar = _mean_map(maps)
         acc = obar.dtype
@@ -113,8 +118,11 @@ class _GroundingSums(torch.autograd.Function):
         consist = torch.zeros_like(sparse)
         for o in maps:
             consist += (o.to(acc) - obar).abs_().sum(-1)
-        ctx.save_for_backward(*maps)
         return sparse / L, consist / L
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(*inputs)
 
     @staticmethod
     def backward(ctx, g_sparse: torch.Tensor, g_consist: torch.Tensor):

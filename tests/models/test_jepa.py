@@ -111,3 +111,27 @@ def test_collapse_check_sees_collapse_that_per_token_std_hides():
     assert collapsed.std(dim=-1).mean() > 0.9  # the old check read ~1 here too
     assert token_spread(collapsed) < 1e-6
     assert token_spread(healthy) > 0.5
+
+
+def test_stacked_models_under_torch_func_give_each_models_gradients():
+    """vmap(grad(loss)) over stacked TC-JEPA models (torch.func: what several study runs per
+    launch would use) equals each model's own backward, through the regularizers' Function."""
+    import copy
+
+    from torch.func import functional_call, grad, stack_module_state, vmap
+
+    models = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        models.append(JEPA(load_config(None, TINY)))
+    b = batch()
+    params, buffers = stack_module_state(models)
+    template = copy.deepcopy(models[0]).to("meta")
+    stacked = vmap(grad(lambda p, bufs: functional_call(template, (p, bufs), (b,))["loss"]))(params, buffers)
+    for i, model in enumerate(models):
+        out = model(b)
+        assert out["loss_sparse"] > 0 and out["loss_consist"] > 0
+        out["loss"].backward()
+        for name, p in model.named_parameters():
+            if p.grad is not None:
+                torch.testing.assert_close(stacked[name][i], p.grad, rtol=1e-4, atol=1e-6, msg=name)
