@@ -11,7 +11,8 @@ chooses the implementation (``model.text_attention_impl``):
 - ``fused``: one Triton kernel (``text_xattn_triton``) for forward and two for backward. The
   max over captions runs in registers, so nothing of size (B, N, Q, D) is written; backward
   keeps the winning caption per output element (int8), a log-normaliser per (image, caption,
-  token) and the cosine map, which it writes in the inputs' dtype (bf16 under autocast).
+  token), the cosine keys' inverse norms and the cosine map, which it writes in the inputs'
+  dtype (bf16 under autocast).
 - ``auto``: fused on CUDA when Triton is installed and the queries are bf16 / fp16 (autocast)
   and at most 512 wide, eager elsewhere.
 
@@ -178,15 +179,16 @@ class FusedTextCrossAttention(torch.autograd.Function):
         arg = torch.empty(B, Q, D, dtype=torch.int8, device=q.device)
         cos = torch.empty(B, N, Q, S, dtype=q.dtype, device=q.device)
         lse = torch.empty(B, N, Q, dtype=torch.float32, device=q.device)
+        inv_knorm = torch.empty(B, N, S, dtype=torch.float32, device=q.device)  # of the cosine keys
         blocks = _tiles("forward", Q, S, D)
         fwd, _, _ = compiled_kernels()
         fwd[(B, -(-Q // blocks["BLOCK_Q"]), -(-D // blocks["BLOCK_D"]))](
-            q, k, v, ck if ck is not None else k, mask, out, arg, cos, lse, N, Q, S, D, float(scale),
+            q, k, v, ck if ck is not None else k, mask, out, arg, cos, lse, inv_knorm, N, Q, S, D, float(scale),
             HAS_CK=ck is not None, PRECISION=_precision(q), num_stages=FORWARD_STAGES, **blocks)
         ctx.set_materialize_grads(False)
         ctx.scale = float(scale)
         ctx.has_ck = ck is not None
-        ctx.save_for_backward(q, k, v, ck if ck is not None else k, mask, arg, cos, lse)
+        ctx.save_for_backward(q, k, v, ck if ck is not None else k, mask, arg, cos, lse, inv_knorm)
         return out, cos
 
     @staticmethod
@@ -194,7 +196,7 @@ class FusedTextCrossAttention(torch.autograd.Function):
     def backward(ctx, dout, dcos):
         from .text_xattn_triton import compiled_kernels
 
-        q, k, v, ck, mask, arg, cos, lse = ctx.saved_tensors
+        q, k, v, ck, mask, arg, cos, lse, inv_knorm = ctx.saved_tensors
         B, Q, D = q.shape
         N, S = k.shape[1], k.shape[2]
         dout = torch.zeros_like(q) if dout is None else dout.to(q.dtype).contiguous()
@@ -212,10 +214,10 @@ class FusedTextCrossAttention(torch.autograd.Function):
         dq_tiles, dkv_tiles = _tiles("dq", Q, S, D), _tiles("dkv", Q, S, D)
         _, bwd_dq, bwd_dkv = compiled_kernels()
         bwd_dq[(B, -(-Q // dq_tiles["BLOCK_Q"]))](q, k, v, ck, mask, arg, cos, lse, dout, dcos, dq,
-                                                   probs, dscores, inv_qnorm, N, Q, S, D, ctx.scale,
+                                                   probs, dscores, inv_qnorm, inv_knorm, N, Q, S, D, ctx.scale,
                                                    **common, **dq_tiles)
         bwd_dkv[(N * -(-D // dkv_tiles["BLOCK_D"]), B)](q, ck, arg, cos, dout, dcos, probs, dscores, inv_qnorm,
-                                                        dk, dv, dck, N, Q, S, D, **common, **dkv_tiles)
+                                                        inv_knorm, dk, dv, dck, N, Q, S, D, **common, **dkv_tiles)
         return dq.to(q.dtype), dk, dv, dck if ctx.has_ck and has_dcos else None, None, None
 
 

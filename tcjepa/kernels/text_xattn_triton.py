@@ -8,22 +8,23 @@ cosines; the outputs are max-pooled over captions in (BLOCK_Q, BLOCK_D) register
 logits (D / BLOCK_D times at D=384: three, a small share of the work); the first version held
 the whole width instead (D=384 padded to 512), and ptxas spilled 1.8 KB of registers per
 thread inside its loop over captions. Kept for backward: the winning caption per output
-element (int8), the softmax log-normaliser per (image, caption, token) and the cosine map
-(which the regularizers keep anyway).
+element (int8), the softmax log-normaliser per (image, caption, token), the cosine keys'
+inverse norms per word and the cosine map (which the regularizers keep anyway).
 
 Backward: two kernels that work through D in chunks of BLOCK_D (whole (BLOCK_S, D) tiles
 need more shared memory than an H100 has). ``text_xattn_bwd_dq``: per (image, token block),
 recomputes the probabilities from the log-normaliser, gives dq, and writes the probabilities,
 their softmax gradient dS (both (B, N, Q, S) in the inputs' dtype, as the products that use
-them take it) and the query norms. ``text_xattn_bwd_dkv``: per (caption, D chunk, image), dK
+them take it) and the inverse query norms. ``text_xattn_bwd_dkv``: per (caption, D chunk, image), dK
 and dV of the caption's words from those maps, summed over all token blocks in registers, so
 no atomics and a deterministic result. (Its first version recomputed the logits and dP over
 all of D in every D chunk's program: at D=384 six times, most of the backward's products.)
 
 Shapes (contiguous): q (B, Q, D); k, v, cosine keys (B, N, S, D; the backward reads the
 cosine keys from ``ck_ptr`` always, which points at k when they are the raw keys); word mask (B, N, S) int8;
-outputs (B, Q, D), argmax (B, Q, D) int8, cosines (B, N, Q, S), log-normaliser (B, N, Q) fp32;
-backward maps P and dS (B, N, Q, S), inverse query norms (B, Q) fp32.
+outputs (B, Q, D), argmax (B, Q, D) int8, cosines (B, N, Q, S), log-normaliser (B, N, Q) fp32,
+inverse cosine-key norms (B, N, S) fp32; backward maps P and dS (B, N, Q, S), inverse query
+norms (B, Q) fp32.
 
 The kernels are plain functions, jitted on first use by ``compiled_kernels``: ``triton.jit``
 decides at decoration time between the GPU compiler and the interpreter
@@ -42,7 +43,7 @@ NORM_EPS = tl.constexpr(1e-12)  # F.normalize's eps: cosines divide by max(|x|, 
 
 
 def text_xattn_fwd(
-    q_ptr, k_ptr, v_ptr, ck_ptr, mask_ptr, out_ptr, arg_ptr, cos_ptr, lse_ptr,
+    q_ptr, k_ptr, v_ptr, ck_ptr, mask_ptr, out_ptr, arg_ptr, cos_ptr, lse_ptr, kn_ptr,
     N, Q, S, D, scale,
     HAS_CK: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -50,7 +51,8 @@ def text_xattn_fwd(
     """One (image, token block, D chunk): per caption the logits over all of D (summed over D
     chunks), the softmax, and P V for this program's chunk, max-pooled over captions in
     (BLOCK_Q, BLOCK_D) registers. The logits are recomputed by each chunk's program (D / BLOCK_D
-    times, a small share of the work); the chunk-0 program stores the log-normaliser and cosines."""
+    times, a small share of the work); the chunk-0 program stores the log-normaliser and cosines,
+    and the first token block's the inverse cosine-key norms (for the backward)."""
     b = tl.program_id(0).to(tl.int64)
     tok = tl.program_id(1) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     c0 = tl.program_id(2) * BLOCK_D
@@ -110,6 +112,8 @@ def text_xattn_fwd(
             if not HAS_CK:
                 cdots = dots
             inv_kn = 1.0 / tl.maximum(tl.sqrt(ksq), NORM_EPS)
+            if tl.program_id(1) == 0:
+                tl.store(kn_ptr + bn * S + word, inv_kn, mask=word_in)
             cos = cdots * inv_qn[:, None] * inv_kn[None, :]
             cos = tl.where(real[None, :] & (cos > 0), cos, 0.0)
             cos_off = (bn * Q + tok[:, None]) * S + word[None, :]
@@ -120,14 +124,15 @@ def text_xattn_fwd(
 
 def text_xattn_bwd_dq(
     q_ptr, k_ptr, v_ptr, ck_ptr, mask_ptr, arg_ptr, cos_ptr, lse_ptr, dout_ptr, dcos_ptr, dq_ptr,
-    p_ptr, ds_ptr, qn_ptr,
+    p_ptr, ds_ptr, qn_ptr, kn_ptr,
     N, Q, S, D, scale,
     HAS_CK: tl.constexpr, HAS_DCOS: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_S: tl.constexpr,
     BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """dq for one (image, token block): per caption the (BLOCK_Q, BLOCK_S) maps, then dq's D
     chunks, added into this program's own float32 rows (zeroed by the caller). The maps P and
-    dS and the inverse query norms are written for ``text_xattn_bwd_dkv``."""
+    dS and the inverse query norms are written for ``text_xattn_bwd_dkv``; the cosine keys'
+    inverse norms come from the forward."""
     b = tl.program_id(0).to(tl.int64)
     tok = tl.program_id(1) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     word = tl.arange(0, BLOCK_S)
@@ -143,7 +148,6 @@ def text_xattn_bwd_dq(
         dots = tl.zeros((BLOCK_Q, BLOCK_S), tl.float32)
         dp = tl.zeros((BLOCK_Q, BLOCK_S), tl.float32)
         qsq = tl.zeros((BLOCK_Q,), tl.float32)
-        ksq = tl.zeros((BLOCK_S,), tl.float32)
         for d0 in range(0, D, BLOCK_D):
             qd_in = tok_in[:, None] & (d0 + dim < D)[None, :]
             sd_in = word_in[:, None] & (d0 + dim < D)[None, :]
@@ -156,12 +160,10 @@ def text_xattn_bwd_dq(
             dots += tl.dot(qc, tl.trans(kc), input_precision=PRECISION)
             dp += tl.dot(gc, tl.trans(tl.load(v_ptr + sd_off, mask=sd_in, other=0.0)), input_precision=PRECISION)
             qsq += tl.sum(qc.to(tl.float32) * qc.to(tl.float32), 1)
-            ckc = tl.load(ck_ptr + sd_off, mask=sd_in, other=0.0).to(tl.float32)
-            ksq += tl.sum(ckc * ckc, 1)
         p = tl.where(real[None, :] & tok_in[:, None], tl.exp(dots * scale - lse[:, None]), 0.0)
         ds = p * (dp - tl.sum(p * dp, 1)[:, None]) * scale  # softmax backward over the words
         inv_qn = 1.0 / tl.maximum(tl.sqrt(qsq), NORM_EPS)
-        inv_kn = 1.0 / tl.maximum(tl.sqrt(ksq), NORM_EPS)
+        inv_kn = tl.load(kn_ptr + bn * S + word, mask=word_in, other=0.0)
         cs_off = (bn * Q + tok[:, None]) * S + word[None, :]
         tl.store(p_ptr + cs_off, p.to(p_ptr.dtype.element_ty), mask=qs_in)
         tl.store(ds_ptr + cs_off, ds.to(ds_ptr.dtype.element_ty), mask=qs_in)
@@ -191,13 +193,14 @@ def text_xattn_bwd_dq(
 
 
 def text_xattn_bwd_dkv(
-    q_ptr, ck_ptr, arg_ptr, cos_ptr, dout_ptr, dcos_ptr, p_ptr, ds_ptr, qn_ptr, dk_ptr, dv_ptr, dck_ptr,
+    q_ptr, ck_ptr, arg_ptr, cos_ptr, dout_ptr, dcos_ptr, p_ptr, ds_ptr, qn_ptr, kn_ptr, dk_ptr, dv_ptr, dck_ptr,
     N, Q, S, D,
     HAS_CK: tl.constexpr, HAS_DCOS: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_S: tl.constexpr,
     BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """dK, dV (and dK of the cosine keys) of one caption's words, one D chunk, summed over
-    every token block in registers: no atomics. P and dS come from ``text_xattn_bwd_dq``; the
+    every token block in registers: no atomics. P, dS and the query norms come from ``text_xattn_bwd_dq``,
+    the key norms from the forward; the
     chunks of one caption are neighbours in the grid, so their tiles are read from L2."""
     chunks = tl.cdiv(D, BLOCK_D)
     n = tl.program_id(0) // chunks
@@ -236,12 +239,7 @@ def text_xattn_bwd_dkv(
     sc_off = k_row[:, None] + c0 + dim[None, :]
     tl.store(dv_ptr + sc_off, dv, mask=sc_in)
     if HAS_DCOS:
-        ksq = tl.zeros((BLOCK_S,), tl.float32)
-        for d0 in range(0, D, BLOCK_D):
-            sd_in = word_in[:, None] & (d0 + dim < D)[None, :]
-            ckc = tl.load(ck_ptr + k_row[:, None] + d0 + dim[None, :], mask=sd_in, other=0.0).to(tl.float32)
-            ksq += tl.sum(ckc * ckc, 1)
-        inv_kn = 1.0 / tl.maximum(tl.sqrt(ksq), NORM_EPS)
+        inv_kn = tl.load(kn_ptr + bn * S + word, mask=word_in, other=0.0)
         # d cos / dk = (qhat - cos khat) / |k|, summed over the tokens
         khat = tl.load(ck_ptr + sc_off, mask=sc_in, other=0.0).to(tl.float32) * inv_kn[:, None]
         dck = (gk - khat * along_k[:, None]) * inv_kn[:, None]

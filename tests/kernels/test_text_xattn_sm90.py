@@ -28,7 +28,8 @@ from tcjepa.kernels import text_xattn_triton as kernels  # noqa: E402
 from tcjepa.kernels.text_xattn import FORWARD_STAGES, _tiles  # noqa: E402
 
 HOPPER_SHARED_BYTES = 232448  # an H100's / H200's opt-in shared memory per block (227 KiB)
-POINTER_TYPES = {"mask_ptr": "*i8", "arg_ptr": "*i8", "lse_ptr": "*fp32", "dq_ptr": "*fp32", "qn_ptr": "*fp32"}
+POINTER_TYPES = {"mask_ptr": "*i8", "arg_ptr": "*i8", "lse_ptr": "*fp32", "dq_ptr": "*fp32", "qn_ptr": "*fp32",
+                 "kn_ptr": "*fp32"}
 
 
 def compile_for_sm90(fn, sizes: dict, constants: dict, num_warps: int, num_stages: int | None):
