@@ -46,6 +46,15 @@ def run(impl, q, k, v, mask, centered: bool, w_out, w_cos, backward: bool = True
     return [t.detach().float() for t in (out, cos, q.grad, k.grad, v.grad)]
 
 
+OUTPUTS = ("out", "cosines", "dq", "dk", "dv")  # what run() returns
+
+
+def relative_differences(got, reference, prefix: str = "rel_") -> dict[str, float]:
+    """|got - reference| / |reference| (norms over whole tensors) for each of run()'s outputs."""
+    return {f"{prefix}{name}": float((a - b).norm() / b.norm().clamp_min(1e-12))
+            for name, a, b in zip(OUTPUTS, got, reference)}
+
+
 def timed(fn, device, reps: int) -> tuple[float, float]:
     """Median ms per call and the peak memory above the start (GiB) on CUDA."""
     fn()
@@ -75,8 +84,7 @@ SWEEP = {  # kernel -> tilings; each timed with the other kernels at their defau
 def tile_sweep(q, k, v, mask, w_out, w_cos, device, reps: int) -> list[dict]:
     """The fused path at each candidate tiling (raw keys): time, and its difference from eager.
     ms is the forward alone for the forward's tilings, forward + backward for dq's and dkv's."""
-    B, Q, D = q.shape
-    N, S = k.shape[1], k.shape[2]
+    Q, D, S = q.shape[1], q.shape[2], k.shape[2]
     eager = run("eager", q, k, v, mask, False, w_out, w_cos)
     rows = []
     for kernel, candidates in SWEEP.items():
@@ -90,8 +98,7 @@ def tile_sweep(q, k, v, mask, w_out, w_cos, device, reps: int) -> list[dict]:
                     got = run("fused", q, k, v, mask, False, w_out, w_cos)
                     row["ms"], _ = timed(lambda: run("fused", q, k, v, mask, False, w_out, w_cos,
                                                      backward=kernel != "forward"), device, reps)
-                for name, a, b in zip(("out", "cosines", "dq", "dk", "dv"), got, eager):
-                    row[f"rel_{name}"] = float((a - b).norm() / b.norm().clamp_min(1e-12))
+                row.update(relative_differences(got, eager))
             except Exception as e:  # a tiling the GPU cannot run (shared memory, registers) is a row too
                 row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:160] if str(e).strip() else ''}"
             rows.append(row)
@@ -138,16 +145,14 @@ def main(argv=None) -> dict[str, Any]:
             row = {"impl": impl, "keys": "centered" if centered else "raw", "shape": args.shape,
                    "dtype": args.dtype, "ms_fwd": ms_fwd, "ms_bwd": ms - ms_fwd, "ms_fwd_bwd": ms, "peak_gib": peak}
             if impl != "eager" and "eager" in results:
-                for name, a, b in zip(("out", "cosines", "dq", "dk", "dv"), results[impl], results["eager"]):
-                    row[f"rel_{name}"] = float((a - b).norm() / b.norm().clamp_min(1e-12))
+                row.update(relative_differences(results[impl], results["eager"]))
             if exact is not None:
-                for name, a, b in zip(("out", "cosines", "dq", "dk", "dv"), results[impl], exact):
-                    row[f"fp32_rel_{name}"] = float((a - b).norm() / b.norm().clamp_min(1e-12))
+                row.update(relative_differences(results[impl], exact, prefix="fp32_rel_"))
             rows.append(row)
     meta = metadata(device, sys.argv if argv is None else ["benchmarks.text_xattn", *argv])
     cols = [("impl", "impl", ""), ("keys", "keys", ""), ("ms_fwd", "ms fwd", ".2f"), ("ms_bwd", "ms bwd", ".2f"),
             ("ms_fwd_bwd", "ms fwd+bwd", ".2f"), ("peak_gib", "peak GiB", ".3f")]
-    cols += [(f"rel_{n}", f"rel {n}", ".1e") for n in ("out", "cosines", "dq", "dk", "dv")]
+    cols += [(f"rel_{n}", f"rel {n}", ".1e") for n in OUTPUTS]
     cols += [(f"fp32_rel_{n}", f"vs fp32 {n}", ".1e") for n in ("out", "dq", "dk", "dv")]
     print(f"{meta['device']} | torch {meta['torch']} | B,Q,N,S,D = {args.shape} | {args.dtype}")
     print(format_table(rows, cols))
