@@ -82,8 +82,9 @@ class ModelConfig:
     # Text cross-attention with max pooling at the cross-attention: "fused" = one Triton kernel
     # per layer that never writes the per-caption outputs (tcjepa.kernels.text_xattn), "eager" =
     # PyTorch ops, "auto" = fused on CUDA with Triton under bf16 autocast (kernels.text_xattn).
-    # Default eager: on an H200 the kernel took 13 % less step memory but ran the ViT-L/16 step
-    # 17 % slower than eager (docs/PERFORMANCE.md, "fused text cross-attention, measured").
+    # Default eager: on an H200 the kernel's first version took 13 % less step memory but ran the
+    # ViT-L/16 step 17 % slower than eager (docs/PERFORMANCE.md, "GPU figures: the fused text
+    # cross-attention, one NVIDIA H200"); the kernel has changed since, unmeasured.
     text_attention_impl: Literal["auto", "fused", "eager"] = "eager"
 
 
