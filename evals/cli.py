@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 from typing import Optional, Sequence
 
 from tcjepa.cli.help import document_defaults
 from tcjepa.errors import UserError as ProjectUserError
-from tcjepa.train.distributed import cleanup
+from tcjepa.cli.rank_exit import exit_rank, leave_process_group
 
 from evals.backbones import UserError, describe_backbones
 from evals.command_helpers import add_backbone_arguments, backbone_from_args, backbone_info, method_name, write_record
@@ -202,19 +201,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = parse(argv)
-        return args.func(args)
+        status = args.func(args)
     except (UserError, ProjectUserError) as e:  # the evals' and the training side's (ConfigError, ...)
         print(f"tcjepa-eval: error: {one_line(e)}", file=sys.stderr)
-        return 2
+        status = 2
     except FileNotFoundError as e:
         print(f"tcjepa-eval: error: {e.filename or e}: no such file or folder", file=sys.stderr)
-        return 2
-    finally:
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            # A torchrun rank leaves the group it joined (training's loop does the same): left to
-            # interpreter shutdown, gloo's worker threads can abort the process after a run
-            # whose work is done (pytorch PR 179291), and NCCL warns of a leaked group.
-            cleanup()
+        status = 2
+    except BaseException:  # a crash (its traceback is the report) or argparse's exit
+        leave_process_group()  # a torchrun rank leaves the group it joined, whatever happened
+        raise
+    return exit_rank(status)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from tcjepa.config import ConfigError
 from tcjepa.data.errors import DataError
 
 from .help import document_defaults
+from .rank_exit import exit_rank
 
 
 def _cmd_transfer(args: argparse.Namespace) -> int:
@@ -174,13 +175,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(with_text_cache="text-cache" in argv)
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
     except (DataError, ConfigError) as e:
         print(f"tcjepa-data {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        status = 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        status = 130
+    return exit_rank(status)  # captions run under torchrun
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import sys
 
 from ..config import ConfigError, load_config
 from .errors import run_cli
+from .rank_exit import exit_rank
 from .help import document_defaults
 
 EPILOG = """\
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         train(cfg, max_steps_this_run=args.max_steps_this_run)
         return 0
 
-    return run_cli(run)
+    return exit_rank(run_cli(run))
 
 
 if __name__ == "__main__":

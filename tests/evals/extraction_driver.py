@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dense_helpers import TinyViTBackbone  # noqa: E402
 
 from evals.distributed import init_from_env  # noqa: E402
+from tcjepa.cli.rank_exit import exit_rank  # noqa: E402
 from evals.features import extract_features  # noqa: E402
 
 
@@ -66,9 +67,7 @@ def main() -> int:
                                 batch_size=args.batch_size, chunk_size=args.chunk_size, desc="random")
     if world.is_main:
         print(f"extracted {len(features)} rows with {world.size} process(es)")
-    if world.size > 1:
-        torch.distributed.destroy_process_group()
-    return 0
+    return exit_rank(0)  # as the CLIs end (tcjepa.cli.rank_exit)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from dense_helpers import TinyViTBackbone  # noqa: E402
 
 from evals.datasets.ade20k import ADE20kSegmentation  # noqa: E402
 from evals.distributed import init_from_env  # noqa: E402
+from tcjepa.cli.rank_exit import exit_rank  # noqa: E402
 from evals.segmentation.torch_engine import SegmentationSettings, train_linear_head  # noqa: E402
 
 
@@ -63,9 +64,7 @@ def main() -> int:
     head = train(args.data, args.work_dir, args.iters, args.delay, args.resume)
     if world.is_main:
         torch.save(head.state_dict(), args.out)
-    if world.size > 1:
-        torch.distributed.destroy_process_group()
-    return 0
+    return exit_rank(0)  # as the CLIs end (tcjepa.cli.rank_exit)
 
 
 if __name__ == "__main__":

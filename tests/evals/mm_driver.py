@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dense_helpers import TinyViTBackbone  # noqa: E402
 
 from evals.distributed import init_from_env  # noqa: E402
+from tcjepa.cli.rank_exit import exit_rank  # noqa: E402
 
 
 def run_seg(data: str, work_dir: str, args) -> dict:
@@ -62,9 +63,7 @@ def main() -> int:
         numbers = {k: v for k, v in metrics.items() if isinstance(v, float)}
         (Path(args.work_dir) / "driver.json").write_text(json.dumps(
             {"metrics": numbers, "mm_world_size": get_world_size(), "ranks": world.size}))
-    if world.size > 1:
-        torch.distributed.destroy_process_group()
-    return 0
+    return exit_rank(0)  # as the CLIs end (tcjepa.cli.rank_exit)
 
 
 if __name__ == "__main__":

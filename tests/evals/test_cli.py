@@ -36,16 +36,20 @@ def test_user_errors_exit_2_with_one_line(tmp_path, capsys):
     assert "no such folder" in one_line_error(capsys, ["tables", "--out", str(tmp_path / "t"), "--runs", str(tmp_path / "none")])
 
 
-def test_a_torchrun_rank_leaves_its_process_group_however_the_command_ends(tmp_path, capsys, monkeypatch):
+def test_a_torchrun_rank_ends_through_exit_rank_however_the_command_ends(tmp_path, capsys, monkeypatch):
+    """tcjepa.cli.rank_exit decides what ending means under torchrun (its own test runs it in a
+    child process); here: every way out of tcjepa-eval goes through it."""
     import evals.cli
 
-    left = []
-    monkeypatch.setattr(evals.cli, "cleanup", lambda: left.append(True))
-    assert main(["backbones"]) == 0 and left == []  # no torchrun: nothing to leave
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    assert main(["backbones"]) == 0 and left == [True]
+    ended, left = [], []
+    monkeypatch.setattr(evals.cli, "exit_rank", lambda status: ended.append(status) or status)
+    monkeypatch.setattr(evals.cli, "leave_process_group", lambda: left.append(True))
+    assert main(["backbones"]) == 0 and ended == [0]
     one_line_error(capsys, ["tables", "--out", str(tmp_path / "t"), "--runs", str(tmp_path / "none")])
-    assert left == [True, True]
+    assert ended == [0, 2] and left == []
+    with pytest.raises(SystemExit):
+        main(["no-such-command"])
+    assert left == [True] and ended == [0, 2]
 
 
 def test_backbones_lists_registry(capsys):

@@ -7,13 +7,12 @@ import math
 import signal
 import subprocess
 import time
-import warnings
 from pathlib import Path
 
 import pytest
 import torch
 from dense_helpers import TINY_VIT_NAME, ade_tree, coco_tree, tiny_backbone  # noqa: F401 (fixtures)
-from launch_helpers import DriverFailed, driver_command, run_driver, subprocess_env
+from launch_helpers import driver_command, run_driver, subprocess_env
 
 pytestmark = [pytest.mark.mm, pytest.mark.slow]
 DRIVER = Path(__file__).with_name("mm_driver.py")
@@ -26,19 +25,8 @@ def _command(kind: str, data: Path, work: Path, *extra: str, ranks: int = 1) -> 
 @pytest.mark.parametrize("kind,tree", [("seg", "ade_tree"), ("det", "coco_tree")])
 def test_two_gloo_ranks_through_mmengines_launcher(kind, tree, request, tmp_path):
     data = request.getfixturevalue(tree)
-    # One retry, in a fresh work dir: CI once saw this 2-rank launch exit 1 on a shared 2-core
-    # machine and never again in 20 local runs (its output was not kept then). A failure that
-    # repeats fails the test with both outputs; one that does not is reported as a warning.
-    for attempt in (1, 2):
-        work = tmp_path / f"attempt{attempt}"
-        try:
-            run_driver(_command(kind, data, work, "--iters", "2", ranks=2), timeout=600)
-            break
-        except DriverFailed as failure:
-            if attempt == 2:
-                raise DriverFailed(f"failed twice; the first:\n{first}\n\nthe second:\n{failure}") from None
-            first = failure
-            warnings.warn(f"2-rank mm launch failed once, retrying: {failure}", stacklevel=1)
+    work = tmp_path / "work"
+    run_driver(_command(kind, data, work, "--iters", "2", ranks=2), timeout=600)
     result = json.loads((work / "driver.json").read_text())
     assert result["ranks"] == 2 and result["mm_world_size"] == 2
     assert result["metrics"] and all(math.isfinite(v) for v in result["metrics"].values())
