@@ -19,7 +19,8 @@
 # Every part writes each row as it finishes, so a call cut short keeps what it measured.
 # ARCHIVE=FILE tars results/bench and results/studies/long-horizon/gpu into FILE every 20 s and
 # at the end (for a device whose working tree does not come back: ARCHIVE=$OUT/results.tgz).
-# WORKERS (default 9) processes share the GPU in the grid.
+# The grid stacks the runs of each code path into one vmapped step (3 processes of 6 runs);
+# STACK=0 runs them one by one in WORKERS (default 6) processes sharing the GPU.
 # On a bare remote machine (a copy of the tree, the machine's own torch): PYTHON=python3; set
 # TCJEPA_COMMIT / TCJEPA_DIRTY=0 (no .git there); REFERENCE_IJEPA=a copy of the public code sent
 # along; and, where the text-encoder package is missing, the study's text bank built here
@@ -30,7 +31,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PART=${1:-all}
 BUDGET_S=${BUDGET_S:-560}
-export WORKERS=${WORKERS:-9}
+[[ -n ${WORKERS:-} ]] && export WORKERS  # else the grid script's default for its STACK mode
 PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 export PYTHON=$PY PYTHONUNBUFFERED=1
 REF=${REFERENCE_IJEPA:-$(for d in ../shared/ref/ijepa shared/ref/ijepa; do [ -f "$d/src/helper.py" ] && echo "$d" && break; done)}

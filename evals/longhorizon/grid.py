@@ -8,7 +8,9 @@ a killed grid restarts where it stopped: finished rows are skipped, a run resume
 last checkpoint (and retrains deterministically to a lost row's step).
 
 Several processes share one device by taking runs round-robin (``shard``): run r belongs to
-process r mod K, which keeps each run's tasks in order.
+process r mod K, which keeps each run's tasks in order. With ``stack``, the runs of one code
+path (``stack_groups``) train together as one vmapped step (``tcjepa.study.stacked``; the same
+training to float rounding, on padded static-shape batches), and groups are dealt round-robin.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from evals.longhorizon.evaluate import evaluate_encoder
 from evals.longhorizon.text_gap import text_gap
 from evals.results import git_state, hardware
 from tcjepa.study.device_scenes import heldout_set
+from tcjepa.study.stacked import StackedRuns
 from tcjepa.study.text_bank import TextBank, build_text_bank
 from tcjepa.study.trainer import StudyRun
 from tcjepa.study.variants import VARIANTS, StudySettings, run_config
@@ -99,17 +102,31 @@ def _setting_defaults() -> dict:
     return json.loads(json.dumps(found))
 
 
+def stack_groups(runs: list[tuple[str, int]]) -> list[list[tuple[str, int]]]:
+    """(variant, seed) runs grouped by code path, in grid order: variants whose configs are equal
+    (text on or off, the same model overrides) differ only in data (shuffled captions) or in the
+    optimizer's state (the Adam boost), which a stacked step keeps per run."""
+    groups: dict[tuple, list[tuple[str, int]]] = {}
+    for variant, seed in runs:
+        v = VARIANTS[variant]
+        groups.setdefault((v.text, v.overrides), []).append((variant, seed))
+    return list(groups.values())
+
+
 class Grid:
     def __init__(self, work: Path, settings: StudySettings, seeds: list[int], variants: list[str],
                  device: str = "cpu", shard: tuple[int, int] = (0, 1), heldout: int = 4000,
                  gap_scenes: int = 512, ckpt_every: int = 100, text_bank: Optional[Path] = None,
-                 eval_options: Optional[dict] = None, log=print):
+                 eval_options: Optional[dict] = None, log=print, stack: bool = False):
         unknown = [v for v in variants if v not in VARIANTS]
         if unknown:
             raise SystemExit(f"unknown variants {unknown}; known: {sorted(VARIANTS)}")
         self.work, self.settings, self.device = work, settings, torch.device(device)
         self.runs = [(v, s) for v in variants for s in seeds]
-        self.mine = [r for i, r in enumerate(self.runs) if i % shard[1] == shard[0]]
+        self.stack = stack
+        units = stack_groups(self.runs) if stack else [[r] for r in self.runs]
+        self.units = [u for i, u in enumerate(units) if i % shard[1] == shard[0]]
+        self.mine = [r for u in self.units for r in u]
         self.heldout_count, self.gap_scenes, self.ckpt_every = heldout, gap_scenes, ckpt_every
         self.text_bank_path = text_bank or work / "text_bank"
         self.log = log
@@ -146,33 +163,70 @@ class Grid:
         """Do every missing task (up to checkpoint step ``until``); returns how many were done."""
         todo = [t for t in self.tasks() if not self.done(t[1], t[2], self.settings.eval_steps[t[0]])
                 and (until is None or self.settings.eval_steps[t[0]] <= until)]
-        self.log(f"{len(todo)} of {len(self.tasks())} tasks to do in {self.work}")
+        self.log(f"{len(todo)} of {len(self.tasks())} tasks to do in {self.work}"
+                 + (f", runs stacked in {len(self.units)} groups" if self.stack else ""))
         done = 0
-        for k, variant, seed in todo:
-            step = self.settings.eval_steps[k]
-            if not self.done(variant, seed, step):  # another process (a pilot) may have done it since
-                self.run_task(variant, seed, step)
-                done += 1
+        for k, step in enumerate(self.settings.eval_steps):
+            for unit in self.units:
+                # Checked again here: another process (a pilot) may have done a task since.
+                missing = [(v, s) for v, s in unit if (k, v, s) in todo and not self.done(v, s, step)]
+                if missing:
+                    self.run_group_task(missing, step) if self.stack else self.run_task(*missing[0], step)
+                    done += len(missing)
         return done
 
-    def run_task(self, variant: str, seed: int, step: int) -> dict:
+    def _resumed(self, variant: str, seed: int, step: int) -> StudyRun:
+        """The run from its latest checkpoint, which must not be past the missing row's ``step``."""
         v = VARIANTS[variant]
-        folder = run_dir(self.work, variant, seed)
-        run = StudyRun(v, self.settings, seed, folder, self.bank() if v.text else None, self.device)
-        start = run.resume()
-        if start > step:
-            raise SystemExit(f"{folder}: checkpoint at step {start} is past the missing row of step {step}; "
+        run = StudyRun(v, self.settings, seed, run_dir(self.work, variant, seed), self.bank() if v.text else None,
+                       self.device, static_shapes=self.stack)
+        if run.resume() > step:
+            raise SystemExit(f"{run.out_dir}: checkpoint at step {run.step} is past the missing row of step {step}; "
                              f"delete the folder to redo the run")
-        t0 = time.time()
+        return run
+
+    def _train_in_chunks(self, trainer, step: int, save) -> Optional[dict]:
+        """``trainer.advance`` to ``step``, checkpointing (``save()``) every ``ckpt_every`` steps."""
         out = None
-        while run.step < step:
-            out = run.advance(min(step, (run.step // self.ckpt_every + 1) * self.ckpt_every))
-            if run.step < step:
+        while trainer.step < step:
+            out = trainer.advance(min(step, (trainer.step // self.ckpt_every + 1) * self.ckpt_every))
+            if trainer.step < step:
+                save()
+        return out
+
+    def run_task(self, variant: str, seed: int, step: int) -> dict:
+        run = self._resumed(variant, seed, step)
+        t0 = time.time()
+        out = self._train_in_chunks(run, step, run.save)
+        loss = None if out is None else out["loss"].detach().item()
+        return self.record(run, step, loss, time.time() - t0)
+
+    def run_group_task(self, members: list[tuple[str, int]], step: int) -> list[dict]:
+        """The missing rows of one stacked group at ``step``: its runs trained together."""
+        runs = [self._resumed(v, s, step) for v, s in members]
+        t0 = time.time()
+        start = max(run.step for run in runs)
+        for run in runs:  # a run behind the others (an older checkpoint) catches up alone
+            run.advance(start)
+        group = StackedRuns(runs)
+
+        def save():
+            group.sync_runs()
+            for run in runs:
                 run.save()
-        train_seconds = time.time() - t0
+
+        out = self._train_in_chunks(group, step, save)
+        group.sync_runs()
+        seconds = time.time() - t0  # the group's: every row of it records the same training time
+        return [self.record(run, step, None if out is None else out["loss"][g].item(), seconds)
+                for g, run in enumerate(runs)]
+
+    def record(self, run: StudyRun, step: int, train_loss: Optional[float], train_seconds: float) -> dict:
+        """Evaluate the run at ``step``, append its row, checkpoint it."""
+        variant, seed, v, folder = run.variant.name, run.seed, run.variant, run.out_dir
         t1 = time.time()
         row = {"variant": variant, "seed": seed, "step": step, "budget": self.settings.budget,
-               "train_loss": "" if out is None else out["loss"].detach().item()}
+               "train_loss": "" if train_loss is None else train_loss}
         # Step 0 is the untrained encoder, the same for every variant of a seed: evaluated once,
         # in the I-JEPA run (the report names that row "untrained").
         if step > 0 or variant == "ijepa":

@@ -5,6 +5,7 @@
     python -m evals.longhorizon.study report --work runs/long-horizon/cpu-lr1e-4 --out results/studies/long-horizon/cpu-lr1e-4
     python -m evals.longhorizon.study gap-check --work runs/long-horizon/cpu-lr1e-4 --step 250   # the caption gap there
     python -m evals.longhorizon.study speed --work runs/long-horizon/cpu-lr1e-4 --threads 1    # steps/s per variant
+    python -m evals.longhorizon.study speed --work runs/long-horizon/gpu --device cuda --stack 6   # stacked runs
 
 ``run`` is resumable: run it again (same settings) and it continues where it stopped.
 """
@@ -77,7 +78,8 @@ def cmd_run(args, argv: list[str]) -> int:
     i, k = (int(x) for x in args.shard.split("/"))
     set_threads(args.threads, args.device, k)
     grid = Grid(work, settings, args.seeds, args.variants, device=args.device, shard=(i, k),
-                heldout=args.heldout, gap_scenes=args.gap_scenes, ckpt_every=args.ckpt_every, log=log)
+                heldout=args.heldout, gap_scenes=args.gap_scenes, ckpt_every=args.ckpt_every, log=log,
+                stack=args.stack)
     grid.run_all(args.until)
     return 0
 
@@ -99,10 +101,21 @@ def cmd_speed(args) -> int:
     set_threads(args.threads, args.device)
     settings = _settings(args)
     bank = TextBank.from_cache(build_text_bank(Path(args.work) / "text_bank"), args.device)
+    where = f"batch {settings.batch_size}, {torch.get_num_threads()} threads, {args.device}"
     for name in args.variants:
-        run = StudyRun(VARIANTS[name], settings, 0, Path(args.work) / "speed" / name, bank, args.device)
-        print(f"{name}: {steps_per_second(run, args.steps):.3f} steps/s (batch {settings.batch_size}, "
-              f"{torch.get_num_threads()} threads, {args.device})", flush=True)
+        folder = Path(args.work) / "speed" / name
+        run = StudyRun(VARIANTS[name], settings, 0, folder, bank, args.device)
+        print(f"{name}: {steps_per_second(run, args.steps):.3f} steps/s ({where})", flush=True)
+        if args.stack:
+            from tcjepa.study.stacked import StackedRuns
+
+            padded = StudyRun(VARIANTS[name], settings, 0, folder, bank, args.device, static_shapes=True)
+            print(f"{name}, static shapes: {steps_per_second(padded, args.steps):.3f} steps/s ({where})", flush=True)
+            group = StackedRuns([StudyRun(VARIANTS[name], settings, seed, folder, bank, args.device, static_shapes=True)
+                                 for seed in range(args.stack)])
+            rate = steps_per_second(group, args.steps)
+            print(f"{name}, {args.stack} runs stacked: {rate * args.stack:.3f} run-steps/s ({rate:.3f} steps/s of "
+                  f"the group; {where})", flush=True)
     return 0
 
 
@@ -140,7 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--gap-scenes", type=int, default=512, help="held-out scenes for the caption gap")
     run.add_argument("--ckpt-every", type=int, default=100)
     run.add_argument("--until", type=int, help="stop after the checkpoints up to this step (e.g. the caption-gap pilot)")
+    run.add_argument("--stack", action="store_true",
+                     help="train the runs of one code path as one vmapped step (tcjepa.study.stacked; for a GPU, "
+                          "where a step is launch-bound: the same runs to float rounding, on padded batches)")
     sub.choices["speed"].add_argument("--steps", type=int, default=5)
+    sub.choices["speed"].add_argument("--stack", type=int, default=0, metavar="G",
+                                      help="also time the padded single run and G runs stacked (run-steps/s)")
     rep = sub.add_parser("report")
     rep.add_argument("--work", required=True)
     rep.add_argument("--out", required=True)

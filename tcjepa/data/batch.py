@@ -24,6 +24,8 @@ class JEPABatch:
     sample_idx: Optional[torch.Tensor] = None  # (B,) int64 dataset indices
     text: Optional[torch.Tensor] = None  # (B, N, S, d_t) word features
     word_mask: Optional[torch.Tensor] = None  # (B, N, S) bool, True for real words
+    # (B, M, Kt) bool when target blocks are padded to a fixed size (static-shape study batches)
+    target_valid: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
         return self.images.shape[0]

@@ -82,7 +82,7 @@ class JEPA(nn.Module):
         batch's words when the model has text)."""
         z = self.encoder.forward_features(batch.images, batch.context_idx, batch.context_valid)
         return self.predictor(z, batch.context_idx, batch.target_idx, batch.context_valid, batch.text,
-                              batch.word_mask, return_attention)
+                              batch.word_mask, return_attention, batch.target_valid)
 
     def forward(self, batch: JEPABatch) -> dict[str, torch.Tensor]:
         if not self.text_enabled:

@@ -26,8 +26,8 @@ if TYPE_CHECKING:
 def jepa_objective(out: "PredictorOutput", target: torch.Tensor, cfg: "LossConfig") -> dict[str, torch.Tensor]:
     """The loss (``loss``, with gradients) and its detached terms, from the predictor's output
     and the target features; the regularizers join when the predictor returned cosine maps."""
-    loss_pred = prediction_loss(out.pred, target, cfg.pred_loss)
-    stats = {"loss_pred": loss_pred.detach(), "target_std": token_spread(target).detach()}
+    loss_pred = prediction_loss(out.pred, target, cfg.pred_loss, out.target_valid)
+    stats = {"loss_pred": loss_pred.detach(), "target_std": token_spread(target, out.target_valid).detach()}
     loss = loss_pred
     if out.cosines:
         terms = grounding_terms(out.cosines, out.word_mask, out.token_valid)
@@ -41,25 +41,43 @@ def jepa_objective(out: "PredictorOutput", target: torch.Tensor, cfg: "LossConfi
     return stats
 
 
-def prediction_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+def prediction_loss(pred: torch.Tensor, target: torch.Tensor, kind: str,
+                    valid: Optional[torch.Tensor] = None) -> torch.Tensor:
     """pred, target (..., E). smooth_l1 (I-JEPA code), l2 (paper: squared L2 per token,
-    averaged over tokens) or mse (per element)."""
+    averaged over tokens) or mse (per element). ``valid`` (...) marks real tokens of padded
+    target blocks: the mean is then over those alone, as in the unpadded batch."""
     pred, target = pred.float(), target.float()
-    if kind == "smooth_l1":
-        return F.smooth_l1_loss(pred, target)
-    if kind == "l2":
-        return (pred - target).pow(2).sum(-1).mean()
-    if kind == "mse":
+    if kind not in ("smooth_l1", "l2", "mse"):
+        raise ValueError(f"unknown pred_loss {kind!r}")
+    if valid is None:
+        if kind == "smooth_l1":
+            return F.smooth_l1_loss(pred, target)
+        if kind == "l2":
+            return (pred - target).pow(2).sum(-1).mean()
         return F.mse_loss(pred, target)
-    raise ValueError(f"unknown pred_loss {kind!r}")
+    if kind == "smooth_l1":
+        per_element = F.smooth_l1_loss(pred, target, reduction="none")
+    elif kind == "l2":
+        per_element = (pred - target).pow(2).sum(-1, keepdim=True)
+    else:
+        per_element = (pred - target).pow(2)
+    w = valid[..., None].to(per_element.dtype)
+    return (per_element * w).sum() / (w.sum() * per_element.shape[-1]).clamp_min(1)
 
 
-def token_spread(features: torch.Tensor) -> torch.Tensor:
-    """Per-channel std across every token of the batch, averaged over channels: the collapse check.
+def token_spread(features: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Per-channel std across every (real) token of the batch, averaged over channels: the
+    collapse check.
 
     Targets are layer-normed per token, so their std over channels is 1 by construction and
     says nothing; a collapsed encoder maps all tokens to one vector, which drives this to 0."""
-    return features.float().flatten(0, -2).std(dim=0).mean()
+    x = features.float().flatten(0, -2)
+    if valid is None:
+        return x.std(dim=0).mean()
+    w = valid.reshape(-1, 1).to(x.dtype)  # weights, not indexing: the shape stays fixed (vmap)
+    n = w.sum()
+    mean = (x * w).sum(0) / n
+    return (((x - mean) ** 2 * w).sum(0) / (n - 1).clamp_min(1)).sqrt().mean()
 
 
 def word_cosines(q: torch.Tensor, k: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:

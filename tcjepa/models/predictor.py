@@ -29,6 +29,7 @@ class PredictorOutput:
     cosines: list[torch.Tensor] = field(default_factory=list)  # per conditioned layer (B, N, Q, S)
     attention: list[torch.Tensor] = field(default_factory=list)  # (B, N, Q, S), only if requested
     token_valid: Optional[torch.Tensor] = None  # (B, Q) or None when every token is real
+    target_valid: Optional[torch.Tensor] = None  # (B, M, Kt) or None when every target token is real
     word_mask: Optional[torch.Tensor] = None  # (B, N, S) mask of the keys the cosines used
 
 
@@ -105,9 +106,13 @@ class Predictor(nn.Module):
         text: Optional[torch.Tensor] = None,
         word_mask: Optional[torch.Tensor] = None,
         return_attention: bool = False,
+        target_valid: Optional[torch.Tensor] = None,
     ) -> PredictorOutput:
         """context (B, Kc, E) encoder outputs at context_idx (B, Kc); target_idx (B, M, Kt);
-        text (B, N, S, d_t) + word_mask (B, N, S), required iff the predictor has text."""
+        text (B, N, S, d_t) + word_mask (B, N, S), required iff the predictor has text.
+        ``context_valid`` / ``target_valid`` mark real tokens of padded contexts / target blocks:
+        padding is never attended to, and the other tokens' outputs are those of the unpadded
+        batch."""
         B, M, Kt = target_idx.shape
         Kc = context_idx.shape[1]
         if (text is None) != (self.conditioning is None):
@@ -123,12 +128,13 @@ class Predictor(nn.Module):
             [ctx.unsqueeze(1).expand(B, M, Kc, D), tgt.reshape(B, M, Kt, D)], dim=2
         ).reshape(B * M, Kc + Kt, D)
 
-        out = PredictorOutput(pred=x.new_empty(0))
+        out = PredictorOutput(pred=x.new_empty(0), target_valid=target_valid)
         attn_mask = None
-        if context_valid is not None:
-            token_valid = torch.cat(
-                [context_valid.unsqueeze(1).expand(B, M, Kc), context_valid.new_ones(B, M, Kt)], dim=2
-            )
+        if context_valid is not None or target_valid is not None:
+            ctx_valid = (context_valid.unsqueeze(1).expand(B, M, Kc) if context_valid is not None
+                         else target_valid.new_ones(B, M, Kc))
+            tgt_valid = target_valid if target_valid is not None else context_valid.new_ones(B, M, Kt)
+            token_valid = torch.cat([ctx_valid, tgt_valid], dim=2)
             out.token_valid = token_valid.reshape(B, M * (Kc + Kt))
             attn_mask = key_padding_to_attn_mask(token_valid.reshape(B * M, Kc + Kt))
 

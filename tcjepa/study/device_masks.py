@@ -7,7 +7,11 @@ and aspect drawn independently, the same rounding), M target blocks and one cont
 per image at uniform positions with inclusive upper bounds, the context loses every target
 patch, images keeping fewer than ``min_keep`` context patches are redrawn, and contexts are
 padded to the batch maximum ("pad") or cut to the batch minimum by a random subset
-("random"). The random streams differ (torch instead of numpy), the distribution does not:
+("random"). With ``static_shapes`` every batch has the same shapes whatever its block sizes:
+contexts padded to the whole grid and target blocks to the largest block the config allows,
+with validity masks (``context_valid``, ``target_valid``), so that runs can be stacked into one
+vmapped step (``tcjepa.study.stacked``); the masks themselves, and the random draws that make
+them, are those of the unpadded batch. The random streams differ (torch instead of numpy), the distribution does not:
 ``tests/study/test_device_masks.py`` compares both samplers on 10k masks.
 """
 from __future__ import annotations
@@ -38,6 +42,14 @@ class DeviceMaskSampler:
         self.grid = tuple(grid)
         self.device = torch.device(device)
 
+    def largest_block(self, scale: tuple[float, float], aspect: tuple[float, float]) -> tuple[int, int]:
+        """Upper bounds on (rows, cols) of any block ``block_size`` can draw (rounding included)."""
+        h, w = self.grid
+        area = max(scale) * h * w
+        rows = min(h, max(1, int(round(math.sqrt(area * max(aspect))))))
+        cols = min(w, max(1, int(round(math.sqrt(area / min(aspect))))))
+        return rows, cols
+
     def generator(self, seed: int) -> "MaskGenerator":
         return MaskGenerator(seed, self.device)
 
@@ -67,8 +79,12 @@ class DeviceMaskSampler:
         in_cols = (c >= left[..., None]) & (c < left[..., None] + cols)
         return in_rows[..., :, None] & in_cols[..., None, :], top * w + left
 
-    def sample(self, batch_size: int, g: "MaskGenerator") -> dict[str, torch.Tensor | None]:
+    def sample(self, batch_size: int, g: "MaskGenerator", static_shapes: bool = False
+               ) -> dict[str, torch.Tensor | None]:
         cfg, (h, w) = self.cfg, self.grid
+        if static_shapes and cfg.context_truncation != "pad":
+            raise ValueError(f"static mask shapes pad contexts: mask.context_truncation must be 'pad', "
+                             f"not {cfg.context_truncation!r}")
         t_rows, t_cols = self.block_size(cfg.target_scale, cfg.target_aspect, g)
         c_rows, c_cols = self.block_size(cfg.context_scale, cfg.context_aspect, g)
         M = cfg.num_targets
@@ -90,16 +106,22 @@ class DeviceMaskSampler:
         block = (torch.arange(t_rows, device=self.device)[:, None] * w
                  + torch.arange(t_cols, device=self.device)[None, :]).reshape(-1)
         target_idx = corners[..., None] + block  # (B, M, t_rows * t_cols), row-major
+        target_valid = None
+        if static_shapes:
+            rows, cols = self.largest_block(cfg.target_scale, cfg.target_aspect)
+            pad = rows * cols - block.numel()
+            target_idx = torch.cat([target_idx, target_idx[..., :1].expand(-1, -1, pad)], dim=2)
+            target_valid = torch.arange(rows * cols, device=self.device).expand_as(target_idx) < block.numel()
         if cfg.context_truncation == "random":
             keep = int(counts.min())
             keys = torch.rand(batch_size, h * w, generator=g.device, device=self.device) + (~context).float()
             context_idx = torch.sort(torch.topk(keys, keep, dim=1, largest=False).indices, dim=1).values
             context_valid = None
         else:
-            longest = int(counts.max())
+            longest = h * w if static_shapes else int(counts.max())
             order = torch.sort((~context).to(torch.uint8), dim=1, stable=True).indices[:, :longest]
             valid = torch.arange(longest, device=self.device)[None, :] < counts[:, None]
             context_idx = torch.where(valid, order, torch.zeros_like(order))
             context_valid = valid
         return {"context_idx": context_idx, "context_valid": context_valid,
-                "target_idx": target_idx, "context_counts": counts}
+                "target_idx": target_idx, "target_valid": target_valid, "context_counts": counts}

@@ -256,6 +256,18 @@ def training_batch(data_seed: int, run_seed: int, step: int, batch_size: int, si
                   _check(size, num_captions, device))
 
 
+def training_batches(data_seed: int, run_seeds: list[int], step: int, batch_size: int, size: int = 64,
+                     num_captions: int = 4, device: torch.device | str = "cpu", radii: Radii = RADII
+                     ) -> list[SceneBatch]:
+    """``training_batch`` of several runs at one step, painted in one call (stacked runs): each
+    scene is painted on its own, so every run's scenes are those it gets alone."""
+    radii = check_radii(radii)
+    drawn = [draw_parameters(scene_generator(data_seed, "train", s, step), batch_size, size, num_captions, radii)
+             for s in run_seeds]
+    scenes = render({k: torch.cat([p[k] for p in drawn]) for k in drawn[0]}, size, _check(size, num_captions, device))
+    return [scenes.select(slice(i * batch_size, (i + 1) * batch_size)) for i in range(len(run_seeds))]
+
+
 def heldout_set(data_seed: int, count: int, size: int = 64, num_captions: int = 4, block_size: int = 500,
                 device: torch.device | str = "cpu", radii: Radii = RADII) -> SceneBatch:
     """The fixed held-out scenes: the first ``count`` of the held-out stream, in blocks."""

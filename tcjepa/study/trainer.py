@@ -36,7 +36,7 @@ def shuffle_captions(caption_ids: torch.Tensor) -> torch.Tensor:
 
 class StudyRun:
     def __init__(self, variant: Variant, settings: StudySettings, seed: int, out_dir: str | Path,
-                 text_bank: Optional[TextBank], device: torch.device | str = "cpu"):
+                 text_bank: Optional[TextBank], device: torch.device | str = "cpu", static_shapes: bool = False):
         if variant.text and text_bank is None:
             raise TrainingError(f"variant {variant.name} reads captions: give it the text bank")
         self.variant, self.settings, self.seed = variant, settings, seed
@@ -46,6 +46,9 @@ class StudyRun:
         self.model = build_model(self.cfg, self.device)
         self.text_bank = text_bank if variant.text else None
         self.masks = DeviceMaskSampler(self.cfg.mask, self.model.grid_size, self.device)
+        # Training batches padded to one shape at every step, so that runs can be stacked
+        # (tcjepa.study.stacked): the same training to float rounding (tests/study/test_stacked_runs.py).
+        self.static_shapes = static_shapes
         wrapped, self.optimizer = wrap_and_optimize(self.model, self.cfg, self.device)
         # The schedules' one "epoch" is the warm-up (optim.warmup_epochs=1): a share of the budget.
         schedules = Schedules(self.cfg.optim, warmup_steps(settings), settings.budget)
@@ -62,13 +65,14 @@ class StudyRun:
         return training_batch(s.data_seed, self.seed, step, s.batch_size, s.image_size, s.num_captions, self.device,
                               s.object_radii)
 
-    def batch(self, scenes: SceneBatch, mask_key: int, shuffled: Optional[bool] = None) -> JEPABatch:
+    def batch(self, scenes: SceneBatch, mask_key: int, shuffled: Optional[bool] = None,
+              static_shapes: bool = False) -> JEPABatch:
         """The training batch of ``scenes``; masks seeded by (run seed, ``mask_key``)."""
         g = self.masks.generator((self.seed * 1_000_003 + mask_key) * 31 + _MASK_STREAM)
-        masks = self.masks.sample(len(scenes), g)
+        masks = self.masks.sample(len(scenes), g, static_shapes)
         batch = JEPABatch(images=scenes.normalized_images(), context_idx=masks["context_idx"],
                           target_idx=masks["target_idx"], context_valid=masks["context_valid"],
-                          caption_ids=scenes.caption_ids)
+                          target_valid=masks["target_valid"], caption_ids=scenes.caption_ids)
         if self.text_bank is not None:
             ids = scenes.caption_ids
             if self.variant.shuffled_captions if shuffled is None else shuffled:
@@ -91,7 +95,7 @@ class StudyRun:
 
     def training_batch(self, step: int) -> JEPABatch:
         """Step ``step``'s batch: its scenes, its masks and, for text variants, its captions."""
-        return self.batch(self.scenes(step), step)
+        return self.batch(self.scenes(step), step, static_shapes=self.static_shapes)
 
     def advance(self, until: int) -> Optional[dict[str, torch.Tensor]]:
         """Train to step ``until``. The next step's batch is made in a second thread while this
@@ -147,8 +151,9 @@ class StudyRun:
         return self.step
 
 
-def steps_per_second(run: StudyRun, steps: int = 5) -> float:
-    """Wall-clock training speed over ``steps`` steps after one warm-up step (a benchmark aid)."""
+def steps_per_second(run, steps: int = 5) -> float:
+    """Wall-clock training speed over ``steps`` steps after one warm-up step (a benchmark aid);
+    ``run``: a ``StudyRun`` or anything with its ``step`` and ``advance`` (``StackedRuns``)."""
     import time
 
     run.advance(run.step + 1)

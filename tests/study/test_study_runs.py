@@ -11,25 +11,17 @@ from evals.longhorizon.grid import append_row
 from evals.longhorizon.report import compare, gap_check, write_report
 from evals.longhorizon.text_gap import block_statement_share, object_statement_share
 from tcjepa.study.device_scenes import MAX_OBJECTS, render_block
-from tcjepa.study.text_bank import TextBank
 from tcjepa.study.trainer import StudyRun, shuffle_captions
 from tcjepa.study.variants import VARIANTS, StudySettings, run_config
 from tcjepa.train.checkpoint import CheckpointError
 
+from study_helpers import random_text_bank
+
 SETTINGS = StudySettings(budget=4, eval_steps=(0, 2, 4), batch_size=8)
 
 
-def _bank() -> TextBank:
-    """Random word features for the whole vocabulary: the runs only need their shapes."""
-    from tcjepa.study.scene_family import VOCABULARY_SIZE
-
-    g = torch.Generator().manual_seed(0)
-    mask = torch.arange(8)[None] < torch.randint(3, 9, (VOCABULARY_SIZE, 1), generator=g)
-    return TextBank(torch.randn(VOCABULARY_SIZE, 8, 384, generator=g).half(), mask)
-
-
 def test_a_resumed_run_continues_exactly(tmp_path):
-    bank = _bank()
+    bank = random_text_bank()
     whole = StudyRun(VARIANTS["tc_paper"], SETTINGS, 0, tmp_path / "whole", bank)
     whole.advance(3)
     first = StudyRun(VARIANTS["tc_paper"], SETTINGS, 0, tmp_path / "split", bank)
@@ -46,7 +38,7 @@ def test_a_resumed_run_continues_exactly(tmp_path):
 
 def test_advance_trains_on_each_steps_own_batch(tmp_path):
     """The batch made ahead in advance()'s second thread is the one of the step it trains."""
-    bank = _bank()
+    bank = random_text_bank()
     threaded = StudyRun(VARIANTS["tc_shuffled"], SETTINGS, 0, tmp_path / "threaded", bank)
     threaded.advance(2)
     plain = StudyRun(VARIANTS["tc_shuffled"], SETTINGS, 0, tmp_path / "plain", bank)
@@ -95,7 +87,7 @@ def test_verdict_rule():
 def test_the_grid_writes_rows_and_resumes(tmp_path, monkeypatch):
     import evals.longhorizon.grid as grid_module
 
-    monkeypatch.setattr(grid_module.Grid, "bank", lambda self: _bank())
+    monkeypatch.setattr(grid_module.Grid, "bank", lambda self: random_text_bank())
     options = {"probe_epochs": 2, "seg_settings": SegmentationSettings(iters=5, batch_size=8, lr=1e-2, warmup_iters=1)}
     make = lambda steps: Grid(tmp_path, StudySettings(budget=4, eval_steps=steps, batch_size=8), [0, 1],  # noqa: E731
                               ["ijepa", "tc_shuffled"], heldout=32, gap_scenes=16, ckpt_every=1,
