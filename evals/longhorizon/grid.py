@@ -27,7 +27,7 @@ from typing import Optional
 
 import torch
 
-from evals.longhorizon.evaluate import evaluate_encoder
+from evals.longhorizon.evaluate import evaluate_encoder, evaluate_encoders
 from evals.longhorizon.text_gap import text_gap
 from evals.results import git_state, hardware
 from tcjepa.study.device_scenes import heldout_set
@@ -218,24 +218,44 @@ class Grid:
         out = self._train_in_chunks(group, step, save)
         group.sync_runs()
         seconds = time.time() - t0  # the group's: every row of it records the same training time
-        return [self.record(run, step, None if out is None else out["loss"][g].item(), seconds)
+        # The group's encoders are evaluated together (their segmentation heads in one loop);
+        # each row records that shared time plus its own caption gap.
+        t1 = time.time()
+        scored = [run for run in runs if self.evaluated(run, step)]
+        results = {}
+        if scored:
+            results = dict(zip([id(r) for r in scored], evaluate_encoders(
+                [r.model.target_encoder for r in scored], self.heldout(), [r.seed for r in scored],
+                **self.eval_options)))
+        shared = time.time() - t1
+        return [self.record(run, step, None if out is None else out["loss"][g].item(), seconds,
+                            results.get(id(run), {}), shared)
                 for g, run in enumerate(runs)]
 
-    def record(self, run: StudyRun, step: int, train_loss: Optional[float], train_seconds: float) -> dict:
-        """Evaluate the run at ``step``, append its row, checkpoint it."""
+    @staticmethod
+    def evaluated(run: StudyRun, step: int) -> bool:
+        """Step 0 is the untrained encoder, the same for every variant of a seed: evaluated once,
+        in the I-JEPA run (the report names that row "untrained")."""
+        return step > 0 or run.variant.name == "ijepa"
+
+    def record(self, run: StudyRun, step: int, train_loss: Optional[float], train_seconds: float,
+               evaluation: Optional[dict] = None, eval_seconds: float = 0.0) -> dict:
+        """Evaluate the run at ``step`` (unless ``evaluation`` holds its probe and segmentation
+        results), append its row, checkpoint it."""
         variant, seed, v, folder = run.variant.name, run.seed, run.variant, run.out_dir
         t1 = time.time()
         row = {"variant": variant, "seed": seed, "step": step, "budget": self.settings.budget,
                "train_loss": "" if train_loss is None else train_loss}
-        # Step 0 is the untrained encoder, the same for every variant of a seed: evaluated once,
-        # in the I-JEPA run (the report names that row "untrained").
-        if step > 0 or variant == "ijepa":
+        if evaluation is not None:
+            row.update(evaluation)
+        elif self.evaluated(run, step):
             row.update(evaluate_encoder(run.model.target_encoder, self.heldout(), seed, **self.eval_options))
         if v.text:
             held = self.heldout()
             fit = len(held) // 2
             row.update(text_gap(run, held.select(slice(fit, fit + self.gap_scenes))))
-        row.update(self.meta, train_seconds=round(train_seconds, 1), eval_seconds=round(time.time() - t1, 1),
+        row.update(self.meta, train_seconds=round(train_seconds, 1),
+                   eval_seconds=round(eval_seconds + time.time() - t1, 1),
                    date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         append_row(folder / "eval.csv", row)
         run.save()

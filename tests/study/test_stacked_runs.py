@@ -237,3 +237,7 @@ def test_a_stacked_grid_writes_the_rows_of_runs_trained_alone(tmp_path, monkeypa
             assert [int(r["step"]) for r in stacked] == [int(r["step"]) for r in alone] == [0, 2, 4]
             for a, b in zip(stacked[1:], alone[1:]):
                 assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), rel=1e-4), (v, s, a["step"])
+                assert a["seg_miou"] != "" and a["probe_top1"] != ""
+            if v == "ijepa":  # the untrained encoders, evaluated as a group and one by one
+                assert float(stacked[0]["seg_miou"]) == pytest.approx(float(alone[0]["seg_miou"]), abs=1e-6)
+                assert stacked[0]["probe_top1"] == alone[0]["probe_top1"]
