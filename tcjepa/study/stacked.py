@@ -16,7 +16,6 @@ then those of runs trained one by one.
 """
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import fields
 from typing import Optional, Sequence
@@ -29,7 +28,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from tcjepa.data.batch import JEPABatch
 from tcjepa.errors import TrainingError
 from tcjepa.study.device_scenes import training_batches
-from tcjepa.study.trainer import StudyRun
+from tcjepa.study.trainer import StudyRun, train_prefetching
 from tcjepa.train import checkpoint as ckpt_io
 from tcjepa.train.optim import build_optimizer
 
@@ -206,19 +205,8 @@ class StackedRuns:
                     state["exp_avg_sq"][g].mul_(boost[1])
 
     def advance(self, until: int) -> Optional[dict[str, torch.Tensor]]:
-        """Train every run to step ``until``, the next step's batches made in a second thread
-        (as ``StudyRun.advance``)."""
-        out = None
-        if self.step >= until:
-            return out
-        with ThreadPoolExecutor(1) as pool:
-            upcoming = pool.submit(self.stacked_batch, self.step)
-            while self.step < until:
-                batch = upcoming.result()
-                if self.step + 1 < until:
-                    upcoming = pool.submit(self.stacked_batch, self.step + 1)
-                out = self.train_step(batch)
-        return out
+        """Train every run to step ``until``, each next step's batches made in a second thread."""
+        return train_prefetching(self, self.stacked_batch, until)
 
     # ------------------------------------------------------------------ back to the runs
 

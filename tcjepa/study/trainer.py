@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -98,24 +98,9 @@ class StudyRun:
         return self.batch(self.scenes(step), step, static_shapes=self.static_shapes)
 
     def advance(self, until: int) -> Optional[dict[str, torch.Tensor]]:
-        """Train to step ``until``. The next step's batch is made in a second thread while this
-        step computes (the loop's DataLoader worker does the same for the demo): with one
-        intra-op thread each, the two use two cores. The mask sampler's host syncs (a redraw
-        check, the context length) then wait in that thread, not in the one launching the
-        step's work. Batches are a pure function of the step, so the result does not depend
-        on the overlap."""
-        out = None
+        """Train to step ``until`` (``train_prefetching``: each next batch made in a second thread)."""
         self.model.train()
-        if self.step >= until:
-            return out
-        with ThreadPoolExecutor(1) as pool:
-            upcoming = pool.submit(self.training_batch, self.step)
-            while self.step < until:
-                batch = upcoming.result()
-                if self.step + 1 < until:
-                    upcoming = pool.submit(self.training_batch, self.step + 1)
-                out = self.train_step(batch)
-        return out
+        return train_prefetching(self, self.training_batch, until)
 
     @torch.no_grad()
     def boost_encoder_second_moment(self, factor: float) -> None:
@@ -149,6 +134,26 @@ class StudyRun:
         self.optimizer.load_state_dict(state["opt"])
         self.trainer.step = int(state["step"])
         return self.step
+
+
+def train_prefetching(trainer, make_batch: Callable[[int], Any], until: int) -> Optional[dict[str, torch.Tensor]]:
+    """``trainer.train_step(make_batch(step))`` until ``trainer.step`` reaches ``until``; returns
+    the last step's output. The next step's batch is made in a second thread while this step
+    computes (the loop's DataLoader worker does the same for the demo): with one intra-op
+    thread each, the two use two cores, and the mask sampler's host syncs (a redraw check, the
+    context length) wait in that thread, not in the one launching the step's work. Batches are
+    a pure function of the step, so the result does not depend on the overlap."""
+    out = None
+    if trainer.step >= until:
+        return out
+    with ThreadPoolExecutor(1) as pool:
+        upcoming = pool.submit(make_batch, trainer.step)
+        while trainer.step < until:
+            batch = upcoming.result()
+            if trainer.step + 1 < until:
+                upcoming = pool.submit(make_batch, trainer.step + 1)
+            out = trainer.train_step(batch)
+    return out
 
 
 def steps_per_second(run, steps: int = 5) -> float:
