@@ -11,12 +11,15 @@ padded to the batch maximum ("pad") or cut to the batch minimum by a random subs
 contexts padded to the whole grid and target blocks to the largest block the config allows,
 with validity masks (``context_valid``, ``target_valid``), so that runs can be stacked into one
 vmapped step (``tcjepa.study.stacked``); the masks themselves, and the random draws that make
-them, are those of the unpadded batch. The random streams differ (torch instead of numpy), the distribution does not:
+them, are those of the unpadded batch. ``sample_runs`` draws several runs' batches with one
+host sync per redraw round (the check for short contexts) instead of one per run. The random
+streams differ from the collator's (torch instead of numpy), the distribution does not:
 ``tests/study/test_device_masks.py`` compares both samplers on 10k masks.
 """
 from __future__ import annotations
 
 import math
+from typing import Optional, Sequence
 
 import torch
 
@@ -81,31 +84,39 @@ class DeviceMaskSampler:
 
     def sample(self, batch_size: int, g: "MaskGenerator", static_shapes: bool = False
                ) -> dict[str, torch.Tensor | None]:
-        cfg, (h, w) = self.cfg, self.grid
+        return self.sample_runs(batch_size, [g], static_shapes)[0]
+
+    def sample_runs(self, batch_size: int, generators: Sequence["MaskGenerator"], static_shapes: bool = False
+                    ) -> list[dict[str, torch.Tensor | None]]:
+        """``sample`` for several runs (one generator each), the same masks as one by one; each
+        redraw round checks every run's batch with one host sync instead of one per run."""
+        cfg = self.cfg
         if static_shapes and cfg.context_truncation != "pad":
             raise ValueError(f"static mask shapes pad contexts: mask.context_truncation must be 'pad', "
                              f"not {cfg.context_truncation!r}")
-        t_rows, t_cols = self.block_size(cfg.target_scale, cfg.target_aspect, g)
-        c_rows, c_cols = self.block_size(cfg.context_scale, cfg.context_aspect, g)
-        M = cfg.num_targets
-        corners = torch.zeros(batch_size, M, dtype=torch.long, device=self.device)
-        context = torch.zeros(batch_size, h, w, dtype=torch.bool, device=self.device)
-        todo = torch.arange(batch_size, device=self.device)
+        draws = [_Draw(self, batch_size, g) for g in generators]
+        pending = draws
         for _ in range(_MAX_REDRAWS):
-            t, corner = self._blocks(g, len(todo), t_rows, t_cols, M)
-            c = self._blocks(g, len(todo), c_rows, c_cols, 1)[0][:, 0] & ~t.any(1)
-            corners[todo], context[todo] = corner, c
-            short = c.reshape(len(todo), -1).sum(1) < cfg.min_keep
-            if not bool(short.any()):  # the one host sync of a batch
+            shorts = [d.redraw() for d in pending]
+            any_short = torch.stack([s.any() for s in shorts]).tolist()  # the round's one host sync
+            for d, short, again in zip(pending, shorts, any_short):
+                d.todo = d.todo[short] if again else None
+            pending = [d for d in pending if d.todo is not None]
+            if not pending:
                 break
-            todo = todo[short]
         else:
-            raise infeasible_mask_config(cfg, (h, w), (c_rows, c_cols), (t_rows, t_cols))
-        context = context.reshape(batch_size, h * w)
+            d = pending[0]
+            raise infeasible_mask_config(cfg, self.grid, d.context_size, d.target_size)
+        return [self._finish(d, static_shapes) for d in draws]
+
+    def _finish(self, d: "_Draw", static_shapes: bool) -> dict[str, torch.Tensor | None]:
+        cfg, (h, w) = self.cfg, self.grid
+        batch_size, (t_rows, t_cols), g = len(d.context), d.target_size, d.g
+        context = d.context.reshape(batch_size, h * w)
         counts = context.sum(1)
         block = (torch.arange(t_rows, device=self.device)[:, None] * w
                  + torch.arange(t_cols, device=self.device)[None, :]).reshape(-1)
-        target_idx = corners[..., None] + block  # (B, M, t_rows * t_cols), row-major
+        target_idx = d.corners[..., None] + block  # (B, M, t_rows * t_cols), row-major
         target_valid = None
         if static_shapes:
             rows, cols = self.largest_block(cfg.target_scale, cfg.target_aspect)
@@ -125,3 +136,25 @@ class DeviceMaskSampler:
             context_valid = valid
         return {"context_idx": context_idx, "context_valid": context_valid,
                 "target_idx": target_idx, "target_valid": target_valid, "context_counts": counts}
+
+
+class _Draw:
+    """One batch's masks while they are drawn: its block sizes, then rounds of block positions
+    for the images still keeping fewer than ``min_keep`` context patches (``todo``)."""
+
+    def __init__(self, sampler: DeviceMaskSampler, batch_size: int, g: MaskGenerator):
+        cfg, (h, w), device = sampler.cfg, sampler.grid, sampler.device
+        self.sampler, self.g = sampler, g
+        self.target_size = sampler.block_size(cfg.target_scale, cfg.target_aspect, g)
+        self.context_size = sampler.block_size(cfg.context_scale, cfg.context_aspect, g)
+        self.corners = torch.zeros(batch_size, cfg.num_targets, dtype=torch.long, device=device)
+        self.context = torch.zeros(batch_size, h, w, dtype=torch.bool, device=device)
+        self.todo: Optional[torch.Tensor] = torch.arange(batch_size, device=device)
+
+    def redraw(self) -> torch.Tensor:
+        """New blocks for the ``todo`` images; returns which of them are still short."""
+        sampler, todo, n = self.sampler, self.todo, len(self.todo)
+        t, corner = sampler._blocks(self.g, n, *self.target_size, sampler.cfg.num_targets)
+        c = sampler._blocks(self.g, n, *self.context_size, 1)[0][:, 0] & ~t.any(1)
+        self.corners[todo], self.context[todo] = corner, c
+        return c.reshape(n, -1).sum(1) < sampler.cfg.min_keep

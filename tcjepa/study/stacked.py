@@ -152,11 +152,13 @@ class StackedRuns:
 
     def stacked_batch(self, step: int) -> dict[str, torch.Tensor]:
         """Step ``step``'s batch of every run, stacked: (G, B, ...) per model input; the scenes
-        of all runs painted in one call."""
+        of all runs painted in one call, their masks checked with one host sync per round."""
         s = self.runs[0].settings
         scenes = training_batches(s.data_seed, [r.seed for r in self.runs], step, s.batch_size, s.image_size,
                                   s.num_captions, self.device, s.object_radii)
-        batches = [run.batch(part, step, static_shapes=True) for run, part in zip(self.runs, scenes)]
+        masks = self.runs[0].masks.sample_runs(s.batch_size, [r.mask_generator(step) for r in self.runs],
+                                               static_shapes=True)
+        batches = [run.batch(part, step, masks=m) for run, part, m in zip(self.runs, scenes, masks)]
         names = [f.name for f in fields(JEPABatch) if f.name in _MODEL_FIELDS
                  and getattr(batches[0], f.name) is not None]
         return {n: torch.stack([getattr(b, n) for b in batches]) for n in names}

@@ -17,7 +17,7 @@ import torch
 
 from tcjepa.data.batch import JEPABatch
 from tcjepa.errors import TrainingError
-from tcjepa.study.device_masks import DeviceMaskSampler
+from tcjepa.study.device_masks import DeviceMaskSampler, MaskGenerator
 from tcjepa.study.device_scenes import SceneBatch, training_batch
 from tcjepa.study.text_bank import TextBank
 from tcjepa.study.variants import StudySettings, Variant, run_config, warmup_steps
@@ -65,11 +65,16 @@ class StudyRun:
         return training_batch(s.data_seed, self.seed, step, s.batch_size, s.image_size, s.num_captions, self.device,
                               s.object_radii)
 
+    def mask_generator(self, mask_key: int) -> MaskGenerator:
+        """The generator of the masks of ``mask_key`` (a step): seeded by (run seed, ``mask_key``)."""
+        return self.masks.generator((self.seed * 1_000_003 + mask_key) * 31 + _MASK_STREAM)
+
     def batch(self, scenes: SceneBatch, mask_key: int, shuffled: Optional[bool] = None,
-              static_shapes: bool = False) -> JEPABatch:
-        """The training batch of ``scenes``; masks seeded by (run seed, ``mask_key``)."""
-        g = self.masks.generator((self.seed * 1_000_003 + mask_key) * 31 + _MASK_STREAM)
-        masks = self.masks.sample(len(scenes), g, static_shapes)
+              static_shapes: bool = False, masks: Optional[dict] = None) -> JEPABatch:
+        """The training batch of ``scenes``; masks seeded by (run seed, ``mask_key``), unless
+        ``masks`` holds them already (drawn for several runs at once: ``StackedRuns``)."""
+        if masks is None:
+            masks = self.masks.sample(len(scenes), self.mask_generator(mask_key), static_shapes)
         batch = JEPABatch(images=scenes.normalized_images(), context_idx=masks["context_idx"],
                           target_idx=masks["target_idx"], context_valid=masks["context_valid"],
                           target_valid=masks["target_valid"], caption_ids=scenes.caption_ids)

@@ -112,3 +112,22 @@ def test_same_seed_same_masks_and_bad_config_is_refused():
     assert torch.equal(a["context_idx"], b["context_idx"]) and torch.equal(a["target_idx"], b["target_idx"])
     with pytest.raises(ConfigError, match="min_keep"):
         DeviceMaskSampler(MaskConfig(min_keep=0), GRID)
+
+
+@pytest.mark.parametrize("static_shapes", [False, True])
+def test_several_runs_sampled_together_get_their_own_masks(static_shapes):
+    """sample_runs checks every run's redraws with one sync per round; the masks are those each
+    run draws alone (min_keep 16 makes some batches redraw)."""
+    cfg = MaskConfig(**{**DEMO_MASKS.__dict__, "min_keep": 16})
+    sampler = DeviceMaskSampler(cfg, GRID)
+    together = sampler.sample_runs(BATCH, [sampler.generator(k) for k in range(12)], static_shapes)
+    for k, masks in enumerate(together):
+        alone = sampler.sample(BATCH, sampler.generator(k), static_shapes)
+        for name, value in alone.items():
+            assert (value is None and masks[name] is None) or torch.equal(value, masks[name]), (k, name)
+    if static_shapes:
+        assert len({(m["context_idx"].shape, m["target_idx"].shape) for m in together}) == 1
+    infeasible = MaskConfig(**{**DEMO_MASKS.__dict__, "min_keep": 60})
+    sampler = DeviceMaskSampler(infeasible, GRID)
+    with pytest.raises(ConfigError, match="min_keep=60"):
+        sampler.sample_runs(BATCH, [sampler.generator(0), sampler.generator(1)])
