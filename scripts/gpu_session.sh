@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The GPU measurements every open issue still waits for, most important first, in two device
 # calls: a short one whose checks decide the long one (or both in one: PART=all).
-#   bash scripts/gpu_session.sh smoke    (about 220 s)
+#   bash scripts/gpu_session.sh smoke    (about 235 s)
 #       the fused text cross-attention against eager at ViT-L/16 shapes (errors and times,
 #       results/bench/text_xattn_cuda.*), then 30 tilings at the step's shape
 #       (results/bench/tiles/); the public I-JEPA step beside ours at tiny size, no
 #       compile (does the reference import, does our harness run there); the long-horizon fast
-#       path's steps/s on the GPU (results/studies/long-horizon/gpu/speed.txt)
+#       path's steps/s on the GPU, one run, one padded and 6 stacked, and one checkpoint's
+#       evaluation alone and 6 together (results/studies/long-horizon/gpu/speed.txt)
 #   bash scripts/gpu_session.sh main     (BUDGET_S, default 560 s), each part capped:
 #       1. the fused text cross-attention against eager at ViT-L/16 shapes (XATTN_S, 35)
 #       2. ViT-L/16 B=128: public I-JEPA step, ours eager / compiled, TC-JEPA N=8 fused /
@@ -68,7 +69,7 @@ if [[ $PART == smoke || $PART == all ]]; then
   timeout --signal=INT --kill-after=10 40 "$PY" -m benchmarks.reference_ijepa --reference-ijepa "$REFERENCE_IJEPA" \
     --device cuda --tiny --rows "ijepa eager,tc_n8 fused,tc_n8 eager" --out ""
   echo "== reference smoke: rc=$?"
-  part 60 grid text_bank speed
+  part 75 grid text_bank speed
 fi
 if [[ $PART == main || $PART == all ]]; then
   [[ $PART == main ]] && part "${XATTN_S:-35}" bench xattn_kernel  # smoke ran it in PART=all

@@ -116,7 +116,26 @@ def cmd_speed(args) -> int:
             rate = steps_per_second(group, args.steps)
             print(f"{name}, {args.stack} runs stacked: {rate * args.stack:.3f} run-steps/s ({rate:.3f} steps/s of "
                   f"the group; {where})", flush=True)
+    if args.stack:
+        _time_evaluation(group, settings, args.stack, f"{torch.get_num_threads()} threads, {args.device}")
     return 0
+
+
+def _time_evaluation(group, settings: StudySettings, count: int, where: str) -> None:
+    """Seconds to evaluate one checkpoint (probe + segmentation on the held-out scenes): one
+    encoder alone, then ``count`` together (a stacked group's)."""
+    from evals.longhorizon.evaluate import evaluate_encoders
+    from tcjepa.study.device_scenes import heldout_set
+
+    group.sync_runs()
+    encoders = [r.model.target_encoder for r in group.runs]
+    held = heldout_set(settings.data_seed, 4000, settings.image_size, settings.num_captions,
+                       device=group.device, radii=settings.object_radii)
+    for n in (1, count):
+        t0 = time.perf_counter()
+        evaluate_encoders(encoders[:n], held, [r.seed for r in group.runs[:n]])
+        print(f"evaluation of {n} encoder{'s together' if n > 1 else ''}: {time.perf_counter() - t0:.1f} s ({where})",
+              flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "where a step is launch-bound: the same runs to float rounding, on padded batches)")
     sub.choices["speed"].add_argument("--steps", type=int, default=5)
     sub.choices["speed"].add_argument("--stack", type=int, default=0, metavar="G",
-                                      help="also time the padded single run and G runs stacked (run-steps/s)")
+                                      help="also time the padded single run and G runs stacked (run-steps/s), and the "
+                                           "evaluation of one checkpoint alone and of G together")
     rep = sub.add_parser("report")
     rep.add_argument("--work", required=True)
     rep.add_argument("--out", required=True)
