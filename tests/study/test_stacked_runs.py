@@ -241,3 +241,27 @@ def test_a_stacked_grid_writes_the_rows_of_runs_trained_alone(tmp_path, monkeypa
             if v == "ijepa":  # the untrained encoders, evaluated as a group and one by one
                 assert float(stacked[0]["seg_miou"]) == pytest.approx(float(alone[0]["seg_miou"]), abs=1e-6)
                 assert stacked[0]["probe_top1"] == alone[0]["probe_top1"]
+
+
+def test_gradient_clipping_is_per_run(tmp_path):
+    """With optim.clip_grad on (the study runs without it), each run is clipped to its own norm."""
+    settings = StudySettings(budget=4, eval_steps=(0, 4), batch_size=8, lr=(1e-3, 1e-3),
+                             extra_overrides=("optim.clip_grad=0.05",))
+
+    def runs(folder):
+        return [StudyRun(VARIANTS["ijepa"], settings, s, folder / f"s{s}", None, static_shapes=True) for s in (0, 1)]
+
+    alone = runs(tmp_path / "alone")
+    assert alone[0].cfg.optim.clip_grad == 0.05
+    initial = [copy.deepcopy(r.model.state_dict()) for r in alone]
+    for r in alone:
+        r.advance(3)
+    stacked = StackedRuns(runs(tmp_path / "stacked"))
+    stacked.advance(3)
+    stacked.sync_runs()
+    for ref, run, init in zip(alone, stacked.runs, initial):
+        assert _disagreement(ref, run, init) < RUN_AGREES
+    unclipped = StackedRuns([StudyRun(VARIANTS["ijepa"], SETTINGS, 0, tmp_path / "u", None, static_shapes=True)])
+    unclipped.advance(3)
+    unclipped.sync_runs()
+    assert _disagreement(alone[0], unclipped.runs[0], initial[0]) > 100 * RUN_AGREES
