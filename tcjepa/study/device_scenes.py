@@ -251,9 +251,7 @@ def check_radii(radii) -> Radii:
 def training_batch(data_seed: int, run_seed: int, step: int, batch_size: int, size: int = 64,
                    num_captions: int = 4, device: torch.device | str = "cpu", radii: Radii = RADII) -> SceneBatch:
     """The fresh scenes of one training step: block = (run seed, step), never repeated."""
-    g = scene_generator(data_seed, "train", run_seed, step)
-    return render(draw_parameters(g, batch_size, size, num_captions, check_radii(radii)), size,
-                  _check(size, num_captions, device))
+    return training_batches(data_seed, [run_seed], step, batch_size, size, num_captions, device, radii)[0]
 
 
 def training_batches(data_seed: int, run_seeds: list[int], step: int, batch_size: int, size: int = 64,
