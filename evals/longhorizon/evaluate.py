@@ -147,11 +147,6 @@ def segmentation_mious(grids: Sequence[torch.Tensor], segmentation: torch.Tensor
     return [float(segmentation_metrics(c.cpu(), SHAPES)["mIoU"]) for c in confusion]
 
 
-def segmentation_miou(grids: torch.Tensor, segmentation: torch.Tensor, fit: int, patch_size: int,
-                      seed: int, settings: SegmentationSettings = SEG_SETTINGS) -> float:
-    return segmentation_mious([grids], segmentation, fit, patch_size, [seed], settings)[0]
-
-
 def evaluate_encoders(encoders: Sequence, heldout: SceneBatch, seeds: Sequence[int], probe_epochs: int = PROBE_EPOCHS,
                       seg_settings: SegmentationSettings = SEG_SETTINGS) -> list[dict[str, float]]:
     """``evaluate_encoder`` of several encoders (a stacked group's), the segmentation heads
