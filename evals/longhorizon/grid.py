@@ -28,6 +28,7 @@ from typing import Optional
 import torch
 
 from evals.longhorizon.evaluate import evaluate_encoder, evaluate_encoders
+from evals.longhorizon.supervised import SupervisedRun
 from evals.longhorizon.text_gap import text_gap
 from evals.results import git_state, hardware
 from tcjepa.study.device_scenes import heldout_set
@@ -105,12 +106,18 @@ def _setting_defaults() -> dict:
 def stack_groups(runs: list[tuple[str, int]]) -> list[list[tuple[str, int]]]:
     """(variant, seed) runs grouped by code path, in grid order: variants whose configs are equal
     (text on or off, the same model overrides) differ only in data (shuffled captions) or in the
-    optimizer's state (the Adam boost), which a stacked step keeps per run."""
+    optimizer's state (the Adam boost), which a stacked step keeps per run. A run of another
+    objective (the supervised reference) is a group of its own."""
     groups: dict[tuple, list[tuple[str, int]]] = {}
     for variant, seed in runs:
         v = VARIANTS[variant]
-        groups.setdefault((v.text, v.overrides), []).append((variant, seed))
+        key = (v.text, v.overrides) if v.objective == "jepa" else (variant, seed)
+        groups.setdefault(key, []).append((variant, seed))
     return list(groups.values())
+
+
+def stackable(unit: list[tuple[str, int]]) -> bool:
+    return VARIANTS[unit[0][0]].objective == "jepa"
 
 
 class Grid:
@@ -171,14 +178,17 @@ class Grid:
                 # Checked again here: another process (a pilot) may have done a task since.
                 missing = [(v, s) for v, s in unit if (k, v, s) in todo and not self.done(v, s, step)]
                 if missing:
-                    self.run_group_task(missing, step) if self.stack else self.run_task(*missing[0], step)
+                    if self.stack and stackable(unit):
+                        self.run_group_task(missing, step)
+                    else:
+                        self.run_task(*missing[0], step)
                     done += len(missing)
         return done
 
-    def _resumed(self, variant: str, seed: int, step: int) -> StudyRun:
+    def _resumed(self, variant: str, seed: int, step: int) -> StudyRun | SupervisedRun:
         """The run from its latest checkpoint, which must not be past the missing row's ``step``."""
         v = VARIANTS[variant]
-        run = StudyRun(v, self.settings, seed, run_dir(self.work, variant, seed), self.bank() if v.text else None,
+        run = (StudyRun if v.objective == "jepa" else SupervisedRun)(v, self.settings, seed, run_dir(self.work, variant, seed), self.bank() if v.text else None,
                        self.device, static_shapes=self.stack)
         if run.resume() > step:
             raise SystemExit(f"{run.out_dir}: checkpoint at step {run.step} is past the missing row of step {step}; "
@@ -225,7 +235,7 @@ class Grid:
         results = {}
         if scored:
             results = dict(zip([id(r) for r in scored], evaluate_encoders(
-                [r.model.target_encoder for r in scored], self.heldout(), [r.seed for r in scored],
+                [r.evaluated_encoder for r in scored], self.heldout(), [r.seed for r in scored],
                 **self.eval_options)))
         shared = time.time() - t1
         return [self.record(run, step, None if out is None else out["loss"][g].item(), seconds,
@@ -249,7 +259,7 @@ class Grid:
         if evaluation is not None:
             row.update(evaluation)
         elif self.evaluated(run, step):
-            row.update(evaluate_encoder(run.model.target_encoder, self.heldout(), seed, **self.eval_options))
+            row.update(evaluate_encoder(run.evaluated_encoder, self.heldout(), seed, **self.eval_options))
         if v.text:
             held = self.heldout()
             fit = len(held) // 2

@@ -13,6 +13,7 @@ import csv
 import statistics
 from collections import defaultdict
 from pathlib import Path
+from typing import Optional, Sequence
 
 from evals.longhorizon.grid import FIELDS, read_rows
 from tcjepa.study.variants import UNTRAINED, VARIANTS
@@ -21,17 +22,21 @@ TASKS = ("probe_top1", "seg_miou")
 COMPARISONS = (
     ("ijepa", UNTRAINED), ("tc_paper", "ijepa"), ("tc_paper", "tc_shuffled"), ("tc_centered", "ijepa"),
     ("tc_centered", "tc_centered_shuffled"), ("tc_shuffled", "ijepa"), ("ijepa_adam2500", "ijepa"),
-    ("tc_paper", "ijepa_adam2500"),
+    ("tc_paper", "ijepa_adam2500"), ("supervised", UNTRAINED), ("supervised", "ijepa"),
 )
 LABELS = {UNTRAINED: "untrained", **{k: v.description for k, v in VARIANTS.items()}}
 # The protocol's regime: pretraining pays where I-JEPA's mean lead over untrained reaches these.
 REGIME = {"probe_top1": 10.0, "seg_miou": 2.0}
 
 
-def collect(work: Path) -> list[dict]:
+def collect(*works: Path, variants: Optional[Sequence[str]] = None) -> list[dict]:
+    """The rows of every run of the grids in ``works`` (of ``variants`` only, if given); a
+    diagnostic outside the protocol's grid is reported beside that grid's own runs so."""
     rows = []
-    for path in sorted(work.glob("*-s*/eval.csv")):
+    for path in sorted(p for work in works for p in work.glob("*-s*/eval.csv")):
         for r in read_rows(path):
+            if variants is not None and r["variant"] not in variants:
+                continue
             if r["variant"] == "ijepa" and int(r["step"]) == 0:
                 rows.append({**r, "variant": UNTRAINED})
             rows.append(r)
@@ -224,8 +229,8 @@ def plot_curves(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(work: Path, out: Path) -> list[dict]:
-    rows = collect(work)
+def write_report(work: Path | Sequence[Path], out: Path, variants: Optional[Sequence[str]] = None) -> list[dict]:
+    rows = collect(*([work] if isinstance(work, Path) else work), variants=variants)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "runs.csv", rows, FIELDS)
     summary = summary_rows(rows)

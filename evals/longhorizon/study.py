@@ -3,6 +3,9 @@
     python -m evals.longhorizon.study run --work runs/long-horizon/cpu-lr1e-4 --budget 1000
     python -m evals.longhorizon.study run --work runs/long-horizon/gpu --budget 20000 --device cuda --workers 6
     python -m evals.longhorizon.study report --work runs/long-horizon/cpu-lr1e-4 --out results/studies/long-horizon/cpu-lr1e-4
+    python -m evals.longhorizon.study run --work runs/long-horizon/diag-supervised --variants supervised   # the reference
+    python -m evals.longhorizon.study report --work runs/long-horizon/diag-supervised runs/long-horizon/cpu-lr1e-4 \
+        --variants ijepa supervised --out results/studies/long-horizon/diagnostics/supervised
     python -m evals.longhorizon.study gap-check --work runs/long-horizon/cpu-lr1e-4 --step 250   # the caption gap there
     python -m evals.longhorizon.study speed --work runs/long-horizon/cpu-lr1e-4 --threads 1    # steps/s per variant
     python -m evals.longhorizon.study speed --work runs/long-horizon/gpu --device cuda --stack 6   # stacked runs
@@ -87,7 +90,7 @@ def cmd_run(args, argv: list[str]) -> int:
 def cmd_report(args) -> int:
     from evals.longhorizon.report import write_report
 
-    rows = write_report(Path(args.work), Path(args.out))
+    rows = write_report([Path(w) for w in args.work], Path(args.out), args.variants)
     log(f"{len(rows)} rows -> {args.out}")
     return 0
 
@@ -128,7 +131,7 @@ def _time_evaluation(group, settings: StudySettings, count: int, where: str) -> 
     from tcjepa.study.device_scenes import heldout_set
 
     group.sync_runs()
-    encoders = [r.model.target_encoder for r in group.runs]
+    encoders = [r.evaluated_encoder for r in group.runs]
     held = heldout_set(settings.data_seed, 4000, settings.image_size, settings.num_captions,
                        device=group.device, radii=settings.object_radii)
     for n in (1, count):
@@ -179,9 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.choices["speed"].add_argument("--stack", type=int, default=0, metavar="G",
                                       help="also time the padded single run and G runs stacked (run-steps/s), and the "
                                            "evaluation of one checkpoint alone and of G together")
-    rep = sub.add_parser("report")
-    rep.add_argument("--work", required=True)
+    rep = sub.add_parser("report", help="runs.csv, summary, verdict, overview and curves of one grid's rows, or of "
+                                        "several grids' (a diagnostic beside the protocol grid's runs)")
+    rep.add_argument("--work", required=True, nargs="+", help="the grids' runs folders")
     rep.add_argument("--out", required=True)
+    rep.add_argument("--variants", nargs="+", choices=sorted(VARIANTS),
+                     help="report these variants only (default: every variant with rows); untrained comes with ijepa")
     gap = sub.add_parser("gap-check", help="the protocol's pre-run check on the caption gap (exit 0 pass, 3 fail, 4 no row)")
     gap.add_argument("--work", required=True)
     gap.add_argument("--step", type=int, required=True)

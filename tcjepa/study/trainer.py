@@ -37,6 +37,8 @@ def shuffle_captions(caption_ids: torch.Tensor) -> torch.Tensor:
 class StudyRun:
     def __init__(self, variant: Variant, settings: StudySettings, seed: int, out_dir: str | Path,
                  text_bank: Optional[TextBank], device: torch.device | str = "cpu", static_shapes: bool = False):
+        if variant.objective != "jepa":
+            raise TrainingError(f"variant {variant.name} is not a JEPA run (objective {variant.objective})")
         if variant.text and text_bank is None:
             raise TrainingError(f"variant {variant.name} reads captions: give it the text bank")
         self.variant, self.settings, self.seed = variant, settings, seed
@@ -57,6 +59,10 @@ class StudyRun:
     @property
     def step(self) -> int:
         return self.trainer.step
+
+    @property
+    def evaluated_encoder(self) -> torch.nn.Module:
+        return self.model.target_encoder  # the protocol evaluates the EMA target
 
     # ------------------------------------------------------------------ data
 
@@ -128,17 +134,22 @@ class StudyRun:
         if path is None:
             return 0
         state = ckpt_io.load_checkpoint(path)
-        if state.get("variant") != self.variant.name or state.get("seed") != self.seed:
-            raise ckpt_io.CheckpointError(f"{path}: a checkpoint of {state.get('variant')} seed {state.get('seed')}, "
-                                          f"not {self.variant.name} seed {self.seed}; use another run folder")
-        if state["config"]["optim"]["max_steps"] != self.settings.budget:
-            raise ckpt_io.CheckpointError(f"{path}: trained for a budget of {state['config']['optim']['max_steps']} "
-                                          f"steps, not {self.settings.budget}; schedules would differ")
+        check_resumable(state, path, self.variant.name, self.seed, self.settings.budget)
         for part in MODEL_PARTS:
             getattr(self.model, part).load_state_dict(state[part])
         self.optimizer.load_state_dict(state["opt"])
         self.trainer.step = int(state["step"])
         return self.step
+
+
+def check_resumable(state: dict, path: Path, variant: str, seed: int, budget: int) -> None:
+    """Refuse a checkpoint of another run, or of this run at another budget."""
+    if state.get("variant") != variant or state.get("seed") != seed:
+        raise ckpt_io.CheckpointError(f"{path}: a checkpoint of {state.get('variant')} seed {state.get('seed')}, "
+                                      f"not {variant} seed {seed}; use another run folder")
+    if state["config"]["optim"]["max_steps"] != budget:
+        raise ckpt_io.CheckpointError(f"{path}: trained for a budget of {state['config']['optim']['max_steps']} "
+                                      f"steps, not {budget}; schedules would differ")
 
 
 def train_prefetching(trainer, make_batch: Callable[[int], Any], until: int) -> Optional[dict[str, torch.Tensor]]:

@@ -27,6 +27,9 @@ class Variant:
     # after step ``step`` (results/studies/optimizer-state-pilot: x2500 at step 12).
     boost_second_moment: Optional[tuple[int, float]] = None
     description: str = ""
+    # "jepa", or "supervised": a reference outside the protocol's grid, the encoder trained on
+    # the evaluation's labels (evals/longhorizon/supervised.py).
+    objective: str = "jepa"
 
 
 VARIANTS = {v.name: v for v in (
@@ -40,6 +43,8 @@ VARIANTS = {v.name: v for v in (
             shuffled_captions=True, description="TC-JEPA, centred keys, captions shuffled across images"),
     Variant("ijepa_adam2500", text=False, boost_second_moment=(12, 2500.0),
             description="I-JEPA, encoder Adam second moment x2500 once after step 12"),
+    Variant("supervised", text=False, objective="supervised",
+            description="supervised on the evaluation's labels (reference, not in the grid)"),
 )}
 UNTRAINED = "untrained"  # step 0 of the I-JEPA run
 
